@@ -1,0 +1,312 @@
+"""The trainer's typed configuration: one source of truth for the trainer, the CRD and the docs.
+
+This module imports neither torch nor kopf: the operator embeds `TrainerConfig` in the
+AdamWTrainingJob `spec.trainer` and generates the CRD's OpenAPI schema from it.
+
+Field names are snake_case in Python and camelCase in YAML/JSON (Kubernetes style):
+
+    model: {layers: 4, heads: 4, width: 256, contextLength: 128}
+    optimizer: {lr: 3.0e-4, weightDecay: 0.1}
+
+`load_config(path)` reads YAML or JSON and raises `ConfigError` with one line per
+problem, each naming the field (camelCase path) and how to fix it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+
+class _Section(BaseModel):
+    """Base for every config group: camelCase aliases, unknown fields are errors."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+
+class ModelConfig(_Section):
+    """GPT-style decoder: pre-norm blocks, causal attention, tied input/output embeddings."""
+
+    layers: int = Field(4, ge=1, le=256, description="Number of transformer blocks.")
+    heads: int = Field(4, ge=1, le=256, description="Attention heads per block; must divide `width`.")
+    width: int = Field(256, ge=8, le=65536, description="Embedding width (d_model).")
+    context_length: int = Field(
+        128, ge=2, le=131072, description="Tokens per training sequence (the attention window)."
+    )
+    vocab_size: int = Field(
+        256,
+        ge=2,
+        le=1_048_576,
+        description="Vocabulary size. Byte-level text sources need 256; `tokens` sources must "
+        "cover every token id in the files.",
+    )
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability (0 disables it).")
+    bias: bool = Field(False, description="Use bias terms in linear and LayerNorm layers.")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelConfig:
+        if self.width % self.heads != 0:
+            raise ValueError(
+                f"width ({self.width}) must be divisible by heads ({self.heads}); "
+                f"pick width as a multiple of heads, e.g. {self.heads * -(-self.width // self.heads)}"
+            )
+        return self
+
+
+class DataConfig(_Section):
+    """Where training batches come from. Batches are a pure function of (seed, step, rank)."""
+
+    source: Literal["stdlib", "text", "tokens", "synthetic"] = Field(
+        "stdlib",
+        description="`stdlib`: the Python standard library's own .py files as bytes (offline "
+        "quickstart corpus); `text`: a text file or directory of text files, tokenized as bytes; "
+        "`tokens`: nanoGPT-format uint16 .bin files; `synthetic`: random tokens for smoke tests.",
+    )
+    path: str | None = Field(
+        None, description="File or directory for the `text` and `tokens` sources."
+    )
+    validation_fraction: float = Field(
+        0.05,
+        ge=0.0,
+        le=0.5,
+        description="Fraction of the corpus (its tail) held out for validation loss.",
+    )
+    eval_interval_steps: int = Field(
+        100, ge=0, description="Evaluate validation loss every N steps (0 disables evaluation)."
+    )
+    eval_batches: int = Field(
+        4, ge=1, le=10000, description="Batches averaged for one validation-loss measurement."
+    )
+    max_bytes: int = Field(
+        32_000_000,
+        ge=1024,
+        description="Upper bound on bytes read from `text`/`stdlib` sources (keeps memory bounded).",
+    )
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> DataConfig:
+        if self.source in ("text", "tokens") and not self.path:
+            raise ValueError(f"data.path is required when data.source is '{self.source}'")
+        return self
+
+
+class OptimizerConfig(_Section):
+    """AdamW with decoupled weight decay (Loshchilov & Hutter) on PyTorch's fused kernel."""
+
+    lr: float = Field(1e-3, gt=0.0, le=10.0, description="Peak learning rate.")
+    betas: tuple[float, float] = Field(
+        (0.9, 0.95), description="Adam moment decay rates (beta1, beta2), each in [0, 1)."
+    )
+    eps: float = Field(1e-8, gt=0.0, le=1.0, description="Adam epsilon (numerical floor).")
+    weight_decay: float = Field(0.1, ge=0.0, le=10.0, description="Decoupled weight decay.")
+    decay: Literal["matrices", "all", "none"] = Field(
+        "matrices",
+        description="Which parameters decay: `matrices` (tensors with 2+ dimensions, as in "
+        "nanoGPT; biases, norms are exempt), `all`, or `none`.",
+    )
+    grad_clip_norm: float = Field(
+        1.0, ge=0.0, description="Clip the global gradient L2 norm to this value (0 disables)."
+    )
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        for i, b in enumerate(betas):
+            if not (0.0 <= b < 1.0):
+                raise ValueError(f"betas[{i}] = {b} is outside [0, 1); typical values are 0.9, 0.95")
+        return betas
+
+
+class ScheduleConfig(_Section):
+    """Linear warmup, then cosine decay to a floor at `training.maxSteps`."""
+
+    warmup_steps: int = Field(100, ge=0, description="Steps of linear warmup from 0 to `optimizer.lr`.")
+    min_lr_ratio: float = Field(
+        0.1, ge=0.0, le=1.0, description="Cosine floor as a fraction of `optimizer.lr`."
+    )
+
+
+class TrainingConfig(_Section):
+    max_steps: int = Field(1000, ge=1, description="Optimizer steps to train for.")
+    batch_size: int = Field(16, ge=1, le=65536, description="Sequences per micro-batch per rank.")
+    grad_accumulation_steps: int = Field(
+        1, ge=1, le=4096, description="Micro-batches accumulated per optimizer step."
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="`bf16` autocast (CUDA), `fp16` autocast with dynamic loss scaling (CUDA), "
+        "or `fp32`. On CPU anything but fp32 falls back to fp32 with a warning.",
+    )
+    seed: int = Field(1337, ge=0, le=2**31 - 1, description="Seed for init and data order.")
+    log_interval_steps: int = Field(
+        10, ge=1, description="Read device counters, log and update metrics every N steps."
+    )
+    threads: int = Field(
+        0, ge=0, le=1024, description="torch CPU threads (0 keeps torch's default)."
+    )
+
+
+class MetricsConfig(_Section):
+    port: int = Field(
+        9090,
+        ge=0,
+        le=65535,
+        description="Port for Prometheus `/metrics` and JSON `/status` (0 disables the server). "
+        "Rank r on a node listens on port + local rank.",
+    )
+    host: str = Field("0.0.0.0", description="Address the metrics server binds.")
+
+
+class CheckpointConfig(_Section):
+    dir: str = Field(
+        "checkpoints", description="Directory for `step-N` checkpoints (mount a volume here)."
+    )
+    interval_steps: int = Field(200, ge=0, description="Save every N steps (0: not by step).")
+    interval_seconds: float = Field(
+        0.0, ge=0.0, description="Also save when this many seconds passed since the last save (0: off)."
+    )
+    keep_latest: int = Field(
+        3, ge=1, le=1000, description="Checkpoints kept; the last known-good one is never deleted."
+    )
+    async_save: bool = Field(
+        True, description="Snapshot to host memory and write in a background thread."
+    )
+    resume: bool = Field(True, description="Resume from the newest valid checkpoint on start.")
+    preemption_save_timeout_seconds: float = Field(
+        60.0, gt=0.0, description="Time budget for the checkpoint saved on SIGTERM."
+    )
+
+
+class DivergenceConfig(_Section):
+    max_consecutive_nonfinite_steps: int = Field(
+        20, ge=1, description="Consecutive skipped (NaN/Inf) steps tolerated before acting."
+    )
+    action: Literal["Rollback", "Fail"] = Field(
+        "Rollback",
+        description="`Rollback`: reload the last known-good checkpoint in-process and lower the "
+        "learning rate; `Fail`: exit with the diverged code (3).",
+    )
+    lr_factor: float = Field(
+        0.5, gt=0.0, le=1.0, description="Learning-rate multiplier applied at each rollback."
+    )
+    max_rollbacks: int = Field(
+        3, ge=0, description="Rollbacks allowed before the trainer exits as diverged (code 3)."
+    )
+
+
+class TrainerConfig(_Section):
+    """Everything the trainer needs, grouped by concern. Every field has a default."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Model architecture.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Training data.")
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig, description="AdamW.")
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="LR schedule.")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="Loop settings.")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Metrics server.")
+    checkpoint: CheckpointConfig = Field(
+        default_factory=CheckpointConfig, description="Checkpointing and resume."
+    )
+    divergence: DivergenceConfig = Field(
+        default_factory=DivergenceConfig, description="What to do when steps keep going NaN."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="`auto` picks CUDA when available, else CPU."
+    )
+    termination_message_path: str = Field(
+        "/dev/termination-log",
+        description="Where the trainer writes its JSON exit reason (Kubernetes shows it in the "
+        "pod status). Missing or unwritable paths are skipped.",
+    )
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> TrainerConfig:
+        if self.data.source in ("stdlib", "text") and self.model.vocab_size < 256:
+            raise ValueError(
+                f"model.vocabSize is {self.model.vocab_size} but data.source "
+                f"'{self.data.source}' is byte-level; set model.vocabSize to 256 or more"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as camelCase JSON-able data (what YAML files contain)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+    def config_hash(self) -> str:
+        """Short stable hash of the resolved config, logged and exported to tell runs apart."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+class ConfigError(ValueError):
+    """Invalid configuration. `str()` is one line per problem, naming field and fix."""
+
+    def __init__(self, problems: list[str], source: str = "config"):
+        self.problems = problems
+        self.source = source
+        super().__init__(f"invalid {source}:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def _field_path(loc: tuple[Any, ...], prefix: str) -> str:
+    parts: list[str] = [prefix] if prefix else []
+    for item in loc:
+        if isinstance(item, int):
+            parts[-1:] = [f"{parts[-1]}[{item}]"] if parts else [f"[{item}]"]
+        else:
+            parts.append(to_camel(str(item)) if "_" in str(item) else str(item))
+    return ".".join(parts) or "<root>"
+
+
+def format_validation_error(err: ValidationError, prefix: str = "") -> list[str]:
+    """Turn pydantic errors into `field.path: problem (got X)` lines a user can act on."""
+    lines = []
+    for e in err.errors(include_url=False):
+        loc = tuple(x for x in e["loc"] if x not in ("function-after",))
+        path = _field_path(loc, prefix)
+        msg = e["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field; remove it or check its spelling (names are camelCase)"
+        got = e.get("input")
+        if e["type"] != "extra_forbidden" and not isinstance(got, dict) and got is not None:
+            msg += f" (got {got!r})"
+        lines.append(f"{path}: {msg}")
+    return lines
+
+
+def parse_config(data: Any, source: str = "config", prefix: str = "") -> TrainerConfig:
+    """Validate already-parsed data; raise ConfigError naming each bad field."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{prefix or '<root>'}: expected a mapping, got {type(data).__name__}"], source)
+    try:
+        return TrainerConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, prefix), source) from None
+
+
+def load_config(path: str | Path) -> TrainerConfig:
+    """Read a YAML or JSON config file (JSON is YAML) and validate it."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as err:
+        raise ConfigError([f"cannot read config file: {err.strerror}"], str(p)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError([f"not valid YAML/JSON: {err}"], str(p)) from None
+    return parse_config(data, source=str(p))
+
