@@ -1,0 +1,138 @@
+"""`adamw-train --config FILE`: validate the config, train, exit with the contract's code.
+
+    adamw-train --config examples/quickstart-trainer.yaml
+    python -m adamw_trainer --config job.yaml
+    torchrun --nproc_per_node 2 -m adamw_trainer --config job.yaml
+
+Environment overrides (for several "pods" sharing one host, and the operator):
+ADAMW_METRICS_HOST → metrics.host, ADAMW_METRICS_PORT → metrics.port,
+ADAMW_CHECKPOINT_DIR → checkpoint.dir. The config hash is taken before overrides, so
+every rank of a job reports the same hash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping
+
+from .config import ConfigError, TrainerConfig, format_validation_error, load_config
+from .exit_codes import ExitCode, ExitReason, TerminationMessage
+
+# env var -> (config group, field)
+ENV_OVERRIDES = {
+    "ADAMW_METRICS_HOST": ("metrics", "host"),
+    "ADAMW_METRICS_PORT": ("metrics", "port"),
+    "ADAMW_CHECKPOINT_DIR": ("checkpoint", "dir"),
+}
+
+
+def apply_env_overrides(
+    cfg: TrainerConfig, environ: Mapping[str, str] | None = None
+) -> tuple[TrainerConfig, dict[str, str]]:
+    """A copy of `cfg` with the ADAMW_* overrides applied, and what was applied."""
+    from pydantic import ValidationError
+
+    env = os.environ if environ is None else environ
+    data = cfg.to_dict()
+    applied: dict[str, str] = {}
+    for var, (group, field) in ENV_OVERRIDES.items():
+        if env.get(var):
+            data[group][field] = env[var]
+            applied[var] = env[var]
+    if not applied:
+        return cfg, applied
+    try:
+        return TrainerConfig.model_validate(data), applied
+    except ValidationError as err:
+        problems = [f"{line} (from environment {', '.join(applied)})" for line in format_validation_error(err)]
+        raise ConfigError(problems, "environment overrides") from None
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="adamw-train", description="Train a GPT with guarded fused AdamW and Prometheus metrics."
+    )
+    p.add_argument("--config", required=True, help="YAML or JSON trainer config file")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    termination_path = "/dev/termination-log"
+    try:
+        cfg = load_config(args.config)
+        termination_path = cfg.termination_message_path
+        config_hash = cfg.config_hash()
+        cfg, applied = apply_env_overrides(cfg)
+    except ConfigError as err:
+        print(f"adamw-train: {err}", file=sys.stderr)
+        TerminationMessage(
+            reason=ExitReason.INVALID_CONFIG.value,
+            exit_code=int(ExitCode.INVALID_CONFIG),
+            message=str(err),
+        ).write(termination_path)
+        return int(ExitCode.INVALID_CONFIG)
+
+    # torch is imported only after the config is known to be valid: a bad file fails fast.
+    from .data import DataError
+    from .distributed import DistEnv, destroy_process_group
+    from .train import Trainer
+
+    env = DistEnv.from_env()
+    trainer = None
+    try:
+        trainer = Trainer(cfg, env=env, config_hash=config_hash)
+        if applied:
+            trainer.log.event("env-overrides", **applied)
+        trainer.log.event(
+            "effective",
+            metricsHost=cfg.metrics.host,
+            metricsPort=(cfg.metrics.port + env.local_rank) if cfg.metrics.port else 0,
+            checkpointDir=cfg.checkpoint.dir,
+            rank=env.rank,
+            localRank=env.local_rank,
+            worldSize=env.world_size,
+        )
+        code = trainer.run()
+    except DataError as err:
+        # A data problem is a configuration problem: restarting cannot fix it.
+        print(f"adamw-train: invalid data: {err}", file=sys.stderr)
+        TerminationMessage(
+            reason=ExitReason.INVALID_CONFIG.value,
+            exit_code=int(ExitCode.INVALID_CONFIG),
+            message=str(err),
+        ).write(termination_path)
+        return int(ExitCode.INVALID_CONFIG)
+    except Exception as err:
+        # A crash is retryable; say what happened where `kubectl describe pod` shows it.
+        TerminationMessage(
+            reason=ExitReason.CRASHED.value,
+            exit_code=1,
+            step=trainer.step if trainer is not None else 0,
+            message=f"{type(err).__name__}: {err}",
+        ).write(termination_path)
+        raise
+    finally:
+        if trainer is not None:
+            trainer.close()
+        destroy_process_group()
+
+    TerminationMessage(
+        reason=_reason(code).value,
+        exit_code=int(code),
+        step=trainer.step,
+        message=f"stopped at step {trainer.step} of {cfg.training.max_steps}",
+    ).write(termination_path)
+    return int(code)
+
+
+def _reason(code: int) -> ExitReason:
+    from .exit_codes import reason_for_exit_code
+
+    return reason_for_exit_code(code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,413 @@
+"""The training loop: load, step, log, evaluate, save.
+
+    adamw-train --config examples/quickstart-trainer.yaml
+    torchrun --nproc_per_node 2 -m adamw_trainer --config job.yaml
+
+`Trainer` holds every piece of resumable state: `model`, `optimizer` (a `GuardedAdamW`
+whose device-side skip counters and loss scale travel with it), `step`, `tokens_seen`
+and `lr_scale` (a multiplier on the schedule, lowered by divergence rollbacks). The data
+position is implied by `step`: batches are a pure function of (seed, step, micro-step,
+rank), so resuming needs nothing else.
+
+The hot loop never reads a device value: losses, skip counts and gradient norms stay on
+the device and are read in one batch at each log interval (`_read_interval`), which is
+also when the consecutive-non-finite counter is checked against the divergence policy
+(`on_interval`). The device counter is exact, so nothing is lost between reads; a policy
+limit smaller than `training.logIntervalSteps` is noticed at the next log interval.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import resource
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from . import __version__
+from .config import TrainerConfig
+from .data import BatchSource
+from .distributed import DistEnv, all_reduce_mean, init_process_group, resolve_device
+from .exit_codes import ExitCode
+from .metrics import MetricsServer, Status, TrainerMetrics
+from .model import GPT, count_parameters, flops_per_token
+from .optim import GuardedAdamW, param_groups
+from .progress import RunLog
+from .schedule import lr_at
+
+# Dense bf16/fp16 tensor-core peaks (FLOP/s) for model-FLOPs utilisation; unknown → no MFU.
+PEAK_FLOPS_16BIT = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+
+
+def peak_flops(device: torch.device, precision: str) -> float | None:
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, flops in PEAK_FLOPS_16BIT.items():
+        if key in name:
+            return flops / 2 if key == "H100" and "PCIe" in name else flops
+    return None
+
+
+@dataclass
+class IntervalCounters:
+    """Device values read once per log interval (one host sync)."""
+
+    step: int
+    loss: float  # mean of the finite step losses in the interval (NaN if none were finite)
+    grad_norm: float  # of the last step, before clipping
+    nonfinite_total: int  # skipped steps since the start of the run
+    nonfinite_in_interval: int
+    consecutive_nonfinite: int  # skipped steps in a row, up to and including the last one
+    loss_scale: float
+    steps_in_interval: int
+    seconds: float
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: TrainerConfig,
+        *,
+        env: DistEnv | None = None,
+        config_hash: str | None = None,
+        log: RunLog | None = None,
+    ):
+        self.cfg = cfg
+        self.env = env or DistEnv.from_env()
+        self.config_hash = config_hash or cfg.config_hash()
+        self.log = log or RunLog(enabled=self.env.is_main)
+        t = cfg.training
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        self.device = resolve_device(cfg.device, self.env)
+        init_process_group(self.env, self.device)
+        self.precision = t.precision
+        if self.device.type != "cuda" and self.precision != "fp32":
+            warnings.warn(
+                f"training.precision '{self.precision}' needs CUDA; training in fp32 on CPU",
+                stacklevel=2,
+            )
+            self.precision = "fp32"
+
+        # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's).
+        torch.manual_seed(t.seed)
+        self.raw_model = GPT(cfg.model).to(self.device)
+        self.model: torch.nn.Module = self.raw_model
+        if self.env.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DDP(self.raw_model, device_ids=ids)
+        self.optimizer = GuardedAdamW(
+            param_groups(self.raw_model, cfg.optimizer),
+            cfg.optimizer,
+            loss_scaling=self.precision == "fp16",
+        )
+        self.data = BatchSource(
+            cfg.data,
+            vocab_size=cfg.model.vocab_size,
+            context_length=cfg.model.context_length,
+            batch_size=t.batch_size,
+            seed=t.seed,
+            device=self.device,
+        )
+
+        # Resumable state (besides model and optimizer).
+        self.step = 0
+        self.tokens_seen = 0
+        self.lr_scale = 1.0
+        # Set by a signal handler (SIGTERM); the loop stops before the next step.
+        self.stop_requested = False
+
+        self.n_params = count_parameters(self.raw_model)
+        self.tokens_per_step = t.batch_size * cfg.model.context_length * t.grad_accumulation_steps
+        self.flops_per_token = flops_per_token(cfg.model, self.n_params)
+        self.peak_flops = peak_flops(self.device, self.precision)
+        self.metrics = TrainerMetrics(self.env.rank)
+        self.status = Status(
+            step=0,
+            maxSteps=t.max_steps,
+            loss=None,
+            validationLoss=None,
+            tokensPerSecond=0.0,
+            nonfiniteRate=0.0,
+            nonfiniteSteps=0,
+            consecutiveNonfiniteSteps=0,
+            learningRate=0.0,
+            lastStepTimestamp=None,
+            rank=self.env.rank,
+            worldSize=self.env.world_size,
+            configHash=self.config_hash,
+            phase="Starting",
+        )
+        self.server: MetricsServer | None = None
+        self.last_counters: IntervalCounters | None = None
+
+        # Interval accumulators (device-side).
+        self._loss_sum = torch.zeros((), device=self.device)
+        self._loss_count = torch.zeros((), device=self.device)
+        self._interval_start = time.perf_counter()
+        self._interval_steps = 0
+        self._nonfinite_read = 0
+        self._last_step_end = time.perf_counter()
+        self._tokens_per_s = 0.0
+        self._last_loss = math.nan
+
+    # ----- setup -------------------------------------------------------------------
+
+    def lr_at(self, step: int) -> float:
+        c = self.cfg
+        return lr_at(step, c.optimizer, c.schedule, c.training.max_steps) * self.lr_scale
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def start_metrics_server(self) -> None:
+        m = self.cfg.metrics
+        if m.port == 0:
+            return
+        self.server = MetricsServer(m.host, m.port + self.env.local_rank, self.metrics, self.status)
+        self.server.start()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "parameters": self.n_params,
+            "world_size": self.env.world_size,
+            "precision": self.precision,
+            "device": str(self.device),
+            "config_hash": self.config_hash,
+        }
+
+    def start(self) -> None:
+        """Serve metrics and log the resolved configuration (reproducibility)."""
+        self.start_metrics_server()
+        self.metrics.set_info(**self.describe())
+        self.log.event(
+            "start",
+            configHash=self.config_hash,
+            parameters=self.n_params,
+            device=str(self.device),
+            precision=self.precision,
+            worldSize=self.env.world_size,
+            tokensPerStep=self.tokens_per_step * self.env.world_size,
+            metricsPort=(self.server.port if self.server else 0),
+            config=self.cfg.to_dict(),
+        )
+
+    # ----- the loop ----------------------------------------------------------------
+
+    def run(self) -> ExitCode:
+        """Train to `training.maxSteps`; returns the exit code for the process."""
+        self.start()
+        try:
+            self.resume()
+            self.status.update(phase="Training", step=self.step)
+            max_steps = self.cfg.training.max_steps
+            self._interval_start = self._last_step_end = time.perf_counter()
+            while self.step < max_steps:
+                if self.stop_requested:
+                    return self.on_stop_requested()
+                self.train_step()
+                self._after_step()
+                if self.step % self.cfg.training.log_interval_steps == 0 or self.step == max_steps:
+                    counters = self._read_interval()
+                    self._report_interval(counters)
+                    code = self.on_interval(counters)
+                    if code is not None:
+                        return code
+                if self._eval_due():
+                    self.evaluate()
+                self.maybe_checkpoint()
+            self.finish()
+            self.status.update(phase="Succeeded")
+            self.log.event("done", step=self.step, tokensSeen=self.tokens_seen)
+            return ExitCode.SUCCEEDED
+        finally:
+            self.log.close()
+
+    def train_step(self) -> None:
+        """One optimizer step over `gradAccumulationSteps` micro-batches; no host sync."""
+        accum = self.cfg.training.grad_accumulation_steps
+        self.optimizer.set_lr(self.lr_at(self.step))
+        step_loss = torch.zeros((), device=self.device)
+        for micro in range(accum):
+            x, y = self.data.train_batch(self.step, micro, self.env.rank)
+            # DDP all-reduces gradients only on the last micro-batch.
+            last = micro == accum - 1
+            sync = contextlib.nullcontext() if last or not self.env.distributed else self.model.no_sync()
+            with sync:
+                with self.autocast():
+                    loss = self.model(x, y) / accum
+                self.optimizer.scale_loss(loss).backward()
+            step_loss += loss.detach()
+        self.optimizer.step()
+        finite = torch.isfinite(step_loss)
+        self._loss_sum += torch.where(finite, step_loss, 0.0)
+        self._loss_count += finite
+        self.step += 1
+        self.tokens_seen += self.tokens_per_step * self.env.world_size
+
+    def _after_step(self) -> None:
+        """Per-step metrics from host values only (cheap; no device reads)."""
+        now = time.perf_counter()
+        m = self.metrics
+        m.step_duration.observe(now - self._last_step_end)
+        self._last_step_end = now
+        m.steps.inc()
+        m.tokens.inc(self.tokens_per_step)
+        m.samples.inc(self.cfg.training.batch_size * self.cfg.training.grad_accumulation_steps)
+        m.step.set(self.step)
+        wall = time.time()
+        m.last_step_timestamp.set(wall)
+        m.learning_rate.set(self.lr_at(self.step - 1))
+        self.status.update(step=self.step, lastStepTimestamp=wall)
+        self._interval_steps += 1
+        if self.log.tty:
+            elapsed = now - self._interval_start
+            tps = self._tokens_per_s
+            if self._interval_steps and elapsed > 0:
+                tps = self._interval_steps * self.tokens_per_step * self.env.world_size / elapsed
+            eta = (self.cfg.training.max_steps - self.step) * self.tokens_per_step * self.env.world_size / max(tps, 1e-9)
+            self.log.progress(self.step, self.cfg.training.max_steps, self._last_loss, tps, eta)
+
+    def _read_interval(self) -> IntervalCounters:
+        """Read the interval's device values in one transfer (the loop's only host sync)."""
+        loss = torch.stack([self._loss_sum, self._loss_count])
+        all_reduce_mean(loss, self.env)  # mean over ranks (skip decisions are already equal)
+        o = self.optimizer
+        values = torch.cat(
+            [loss, torch.stack([o.last_grad_norm, o.nonfinite_total, o.consecutive_nonfinite, o.loss_scale])]
+        ).tolist()
+        loss_sum, loss_count, grad_norm, nonfinite, consecutive, scale = values
+        now = time.perf_counter()
+        nonfinite = int(round(nonfinite))
+        counters = IntervalCounters(
+            step=self.step,
+            loss=loss_sum / loss_count if loss_count > 0 else math.nan,
+            grad_norm=grad_norm,
+            nonfinite_total=nonfinite,
+            nonfinite_in_interval=nonfinite - self._nonfinite_read,
+            consecutive_nonfinite=int(round(consecutive)),
+            loss_scale=scale,
+            steps_in_interval=self._interval_steps,
+            seconds=now - self._interval_start,
+        )
+        self._nonfinite_read = nonfinite
+        self._loss_sum.zero_()
+        self._loss_count.zero_()
+        self._interval_steps = 0
+        self._interval_start = now
+        self.last_counters = counters
+        return counters
+
+    def _report_interval(self, c: IntervalCounters) -> None:
+        m = self.metrics
+        tokens = c.steps_in_interval * self.tokens_per_step * self.env.world_size
+        tps = tokens / c.seconds if c.seconds > 0 else 0.0
+        self._tokens_per_s, self._last_loss = tps, c.loss
+        m.train_loss.set(c.loss)
+        m.grad_norm.set(c.grad_norm)
+        if c.nonfinite_in_interval > 0:
+            m.nonfinite_steps.inc(c.nonfinite_in_interval)
+        peak_mem = self.peak_memory_bytes()
+        m.memory_peak.set(peak_mem)
+        rate = c.nonfinite_in_interval / max(1, c.steps_in_interval)
+        max_steps = self.cfg.training.max_steps
+        eta = (max_steps - c.step) * c.seconds / max(1, c.steps_in_interval)
+        fields: dict[str, Any] = dict(
+            step=c.step,
+            maxSteps=max_steps,
+            loss=c.loss,
+            lr=self.lr_at(c.step - 1),
+            gradNorm=c.grad_norm,
+            tokensPerSecond=round(tps, 1),
+            nonfiniteRate=rate,
+            nonfiniteSteps=c.nonfinite_total,
+            consecutiveNonfiniteSteps=c.consecutive_nonfinite,
+            etaSeconds=round(eta, 1),
+            memoryPeakBytes=peak_mem,
+        )
+        if self.precision == "fp16":
+            fields["lossScale"] = c.loss_scale
+        if self.peak_flops:
+            fields["mfu"] = round(self.flops_per_token * tps / self.env.world_size / self.peak_flops, 4)
+        self.status.update(
+            loss=c.loss,
+            tokensPerSecond=round(tps, 1),
+            nonfiniteRate=rate,
+            nonfiniteSteps=c.nonfinite_total,
+            consecutiveNonfiniteSteps=c.consecutive_nonfinite,
+            learningRate=fields["lr"],
+        )
+        self.log.event("train", **fields)
+
+    def peak_memory_bytes(self) -> int:
+        if self.device.type == "cuda":
+            return int(torch.cuda.max_memory_allocated(self.device))
+        # ru_maxrss is in KiB on Linux (bytes on macOS).
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(rss if sys.platform == "darwin" else rss * 1024)
+
+    def _eval_due(self) -> bool:
+        every = self.cfg.data.eval_interval_steps
+        if every == 0 or not self.data.has_validation:
+            return False
+        return self.step % every == 0 or self.step == self.cfg.training.max_steps
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean loss over `data.evalBatches` held-out batches (same batches every time)."""
+        started = time.perf_counter()
+        self.raw_model.eval()
+        total = torch.zeros((), device=self.device)
+        n = self.cfg.data.eval_batches
+        for i in range(n):
+            x, y = self.data.val_batch(i, self.env.rank)
+            with self.autocast():
+                total += self.raw_model(x, y).float()
+        self.raw_model.train()
+        total /= n
+        val = all_reduce_mean(total, self.env).item()
+        self.metrics.validation_loss.set(val)
+        self.status.update(validationLoss=val)
+        self.log.event("eval", step=self.step, validationLoss=val)
+        # Evaluation time is not training time: keep it out of tokens/s and step durations.
+        spent = time.perf_counter() - started
+        self._interval_start += spent
+        self._last_step_end += spent
+        return val
+
+    # ----- hooks for checkpointing, preemption and divergence (issue 3) --------------
+
+    def resume(self) -> None:
+        """Restore state from the newest valid checkpoint (no checkpointing yet)."""
+
+    def maybe_checkpoint(self) -> None:
+        """Save a checkpoint when one is due (no checkpointing yet)."""
+
+    def on_interval(self, counters: IntervalCounters) -> ExitCode | None:
+        """Divergence policy on the interval's counters; an exit code stops the run."""
+        return None
+
+    def on_stop_requested(self) -> ExitCode:
+        """A stop (SIGTERM) was requested before the next step."""
+        self.status.update(phase="Stopped")
+        self.log.event("stopped", step=self.step)
+        return ExitCode.PREEMPTED
+
+    def finish(self) -> None:
+        """End of training: the final checkpoint goes here."""
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
