@@ -1,0 +1,355 @@
+"""On-disk checkpoint layout: `step-N` folders that count only when their manifest verifies.
+
+    <dir>/step-120/model.pt
+                  /optimizer.pt
+                  /train_state.pt
+                  /manifest.json     sha256 + size per file, and the checkpoint's metadata
+
+A checkpoint is written into a hidden temporary folder (`.tmp-step-N-...`), every file
+fsynced, the manifest written last, then the folder is renamed to `step-N` and the parent
+directory fsynced. A crash at any moment leaves either no `step-N` at all or a complete
+one; a folder whose files do not match the manifest (truncated, bit-flipped, manifest
+missing) is skipped on resume and counted.
+
+This module is torch-free: it moves bytes, `payload.py` decides what the bytes are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+_TMP_PREFIX = ".tmp-"
+_TRASH_PREFIX = ".trash-"
+
+FileWriter = Callable[[BinaryIO], None]
+
+
+class CheckpointError(Exception):
+    """A checkpoint cannot be used; the message says which one and why."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """Missing manifest, missing file, wrong size or sha256: the checkpoint is incomplete."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A file would execute code when loaded (a pickle that is not plain tensors/data)."""
+
+
+class WorldSizeMismatchError(CheckpointError):
+    """The checkpoint was written by a different number of ranks than are running now."""
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """What a checkpoint says about itself; stored inside its manifest."""
+
+    step: int
+    loss: float | None
+    finite: bool
+    time: float
+    config_hash: str
+    world_size: int
+    tokens_seen: int
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        # JSON has no NaN/Inf; a non-finite loss is recorded as null with finite=false.
+        if data["loss"] is not None and not math.isfinite(data["loss"]):
+            data["loss"] = None
+        return {
+            "step": data["step"],
+            "loss": data["loss"],
+            "finite": data["finite"],
+            "time": data["time"],
+            "configHash": data["config_hash"],
+            "worldSize": data["world_size"],
+            "tokensSeen": data["tokens_seen"],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> CheckpointMeta:
+        return cls(
+            step=int(data["step"]),
+            loss=None if data.get("loss") is None else float(data["loss"]),
+            finite=bool(data["finite"]),
+            time=float(data["time"]),
+            config_hash=str(data.get("configHash", "")),
+            world_size=int(data.get("worldSize", 1)),
+            tokens_seen=int(data.get("tokensSeen", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A checkpoint folder whose manifest was read (and, if `verified`, whose files match it)."""
+
+    path: Path
+    meta: CheckpointMeta
+    files: Mapping[str, Mapping[str, object]]
+    verified: bool
+
+    @property
+    def step(self) -> int:
+        return self.meta.step
+
+    @property
+    def known_good(self) -> bool:
+        """Complete and saved with a finite loss: a safe place to roll back to."""
+        return self.meta.finite
+
+    def status(self) -> dict:
+        """The `/status` view: what the operator copies into the job's status."""
+        return {"step": self.meta.step, "loss": self.meta.to_json()["loss"], "time": self.meta.time}
+
+
+def _sha256_file(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _HashingFile:
+    """File wrapper that hashes and counts bytes as they are written (no second read pass)."""
+
+    def __init__(self, f: BinaryIO):
+        self._f = f
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data) -> int:
+        n = self._f.write(data)
+        self.sha256.update(memoryview(data)[:n] if n is not None else data)
+        self.size += n if n is not None else len(data)
+        return n
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def __getattr__(self, name):  # torch.save may probe tell()/seekable()
+        return getattr(self._f, name)
+
+
+class CheckpointStore:
+    """The `step-N` folders under one directory: write atomically, list, verify, prune."""
+
+    def __init__(self, root: str | os.PathLike[str], keep_latest: int = 3):
+        if keep_latest < 1:
+            raise ValueError(f"checkpoint.keepLatest must be at least 1 (got {keep_latest})")
+        self.root = Path(root)
+        self.keep_latest = keep_latest
+
+    # -- writing ------------------------------------------------------------------------
+
+    def write(self, meta: CheckpointMeta, files: Mapping[str, FileWriter]) -> CheckpointInfo:
+        """Write `files` (name -> function writing the bytes) as `step-<meta.step>`, atomically.
+
+        Raises OSError on any write failure, after removing the temporary folder: nothing
+        partial is ever visible under a `step-N` name.
+        """
+        if MANIFEST in files:
+            raise ValueError(f"{MANIFEST} is written by the store itself")
+        self.root.mkdir(parents=True, exist_ok=True)
+        final = self.root / f"step-{meta.step}"
+        tmp = self.root / f"{_TMP_PREFIX}step-{meta.step}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            entries: dict[str, dict[str, object]] = {}
+            for name, write_fn in files.items():
+                entries[name] = self._write_file(tmp / name, write_fn)
+                _fault_delay()
+            manifest = {"format": FORMAT_VERSION, "meta": meta.to_json(), "files": entries}
+            self._write_file(
+                tmp / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1).encode())
+            )
+            _fsync_dir(tmp)
+            self._replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return CheckpointInfo(path=final, meta=meta, files=entries, verified=True)
+
+    @staticmethod
+    def _write_file(path: Path, write_fn: FileWriter) -> dict[str, object]:
+        with open(path, "xb") as raw:
+            f = _HashingFile(raw)
+            write_fn(f)
+            raw.flush()
+            os.fsync(raw.fileno())
+        return {"sha256": f.sha256.hexdigest(), "bytes": f.size}
+
+    def _replace(self, tmp: Path, final: Path) -> None:
+        """Rename tmp -> final; an existing step-N (re-saved after a resume) is moved aside first."""
+        trash = None
+        if final.exists():
+            trash = self.root / f"{_TRASH_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
+            os.rename(final, trash)
+        os.rename(tmp, final)
+        _fsync_dir(self.root)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def steps(self) -> list[int]:
+        """Steps of every `step-N` folder present, oldest first (complete or not)."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        for entry in self.root.iterdir():
+            m = _STEP_DIR.match(entry.name)
+            if m and entry.is_dir():
+                found.append(int(m.group(1)))
+        return sorted(found)
+
+    def path(self, step: int) -> Path:
+        return self.root / f"step-{step}"
+
+    def read_manifest(self, step: int) -> CheckpointInfo:
+        """Parse `step-N/manifest.json` without hashing the files (cheap)."""
+        path = self.path(step)
+        try:
+            data = json.loads((path / MANIFEST).read_text())
+            meta = CheckpointMeta.from_json(data["meta"])
+            files = data["files"]
+            if not isinstance(files, dict) or not files:
+                raise ValueError("no files listed")
+        except FileNotFoundError:
+            raise CorruptCheckpointError(f"{path}: no {MANIFEST} (incomplete write)") from None
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise CorruptCheckpointError(f"{path}/{MANIFEST} is unreadable: {err}") from None
+        if meta.step != step:
+            raise CorruptCheckpointError(f"{path}: manifest says step {meta.step}")
+        return CheckpointInfo(path=path, meta=meta, files=files, verified=False)
+
+    def verify(self, step: int) -> CheckpointInfo:
+        """Check every file against the manifest's size and sha256; raise CorruptCheckpointError."""
+        info = self.read_manifest(step)
+        for name, entry in info.files.items():
+            file = info.path / name
+            if Path(name).name != name:
+                raise CorruptCheckpointError(f"{info.path}: manifest names a path outside it: {name!r}")
+            try:
+                digest, size = _sha256_file(file)
+            except FileNotFoundError:
+                raise CorruptCheckpointError(f"{file}: missing") from None
+            if size != entry.get("bytes"):
+                raise CorruptCheckpointError(
+                    f"{file}: {size} bytes, manifest says {entry.get('bytes')} (truncated?)"
+                )
+            if digest != entry.get("sha256"):
+                raise CorruptCheckpointError(f"{file}: sha256 does not match the manifest")
+        return CheckpointInfo(path=info.path, meta=info.meta, files=info.files, verified=True)
+
+    def valid_newest_first(
+        self, on_corrupt: Callable[[int, CheckpointError], None] | None = None
+    ) -> Iterator[CheckpointInfo]:
+        """Verified checkpoints, newest first; corrupt ones are reported to `on_corrupt` and skipped."""
+        for step in reversed(self.steps()):
+            try:
+                yield self.verify(step)
+            except CorruptCheckpointError as err:
+                log.warning("skipping checkpoint step-%d: %s", step, err)
+                if on_corrupt is not None:
+                    on_corrupt(step, err)
+
+    def newest_valid(
+        self, on_corrupt: Callable[[int, CheckpointError], None] | None = None
+    ) -> CheckpointInfo | None:
+        return next(self.valid_newest_first(on_corrupt), None)
+
+    def last_good(self) -> CheckpointInfo | None:
+        """The newest verified checkpoint saved with a finite loss."""
+        for info in self.valid_newest_first():
+            if info.known_good:
+                return info
+        return None
+
+    # -- housekeeping -------------------------------------------------------------------
+
+    def prune(self, protect: int | None = None) -> list[int]:
+        """Keep the newest `keep_latest` complete checkpoints and the newest known-good one.
+
+        Completeness here is the manifest being present and readable (the manifest is written
+        last), not a full re-hash of every file on every save; `protect` names a step that is
+        kept whatever happens (the checkpoint training resumed or rolled back from).
+        Folders without a readable manifest that are older than the newest complete
+        checkpoint are leftovers of failed writes and are removed too.
+        """
+        complete: list[CheckpointInfo] = []
+        broken: list[int] = []
+        for step in reversed(self.steps()):
+            try:
+                complete.append(self.read_manifest(step))
+            except CorruptCheckpointError:
+                broken.append(step)
+        keep = {info.step for info in complete[: self.keep_latest]}
+        good = next((info for info in complete if info.known_good), None)
+        if good is not None:
+            keep.add(good.step)
+        if protect is not None:
+            keep.add(protect)
+        newest_complete = complete[0].step if complete else None
+        doomed = [i.step for i in complete if i.step not in keep]
+        doomed += [s for s in broken if newest_complete is not None and s < newest_complete]
+        for step in sorted(doomed):
+            # Rename first so a crash mid-delete never leaves a half-deleted step-N behind.
+            trash = self.root / f"{_TRASH_PREFIX}step-{step}-{uuid.uuid4().hex[:8]}"
+            try:
+                os.rename(self.path(step), trash)
+            except OSError as err:
+                log.warning("could not remove checkpoint step-%d: %s", step, err)
+                continue
+            shutil.rmtree(trash, ignore_errors=True)
+        return sorted(doomed)
+
+    def remove_leftovers(self) -> int:
+        """Delete temporary and trash folders left by a process killed mid-write (rank 0, at start)."""
+        if not self.root.is_dir():
+            return 0
+        n = 0
+        for entry in self.root.iterdir():
+            if entry.name.startswith((_TMP_PREFIX, _TRASH_PREFIX)):
+                shutil.rmtree(entry, ignore_errors=True)
+                n += 1
+        return n
+
+
+# Fault injection for tests only: seconds to sleep after each file of a checkpoint, so a test
+# can SIGKILL the trainer reliably *during* a checkpoint write. Never set it in production.
+FAULT_WRITE_DELAY_ENV = "ADAMW_FAULT_CHECKPOINT_WRITE_DELAY_SECONDS"
+
+
+def _fault_delay() -> None:
+    delay = os.environ.get(FAULT_WRITE_DELAY_ENV)
+    if delay:
+        time.sleep(float(delay))
