@@ -16,6 +16,7 @@ import argparse
 import os
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 
 from .config import ConfigError, TrainerConfig, format_validation_error, load_config
 from .exit_codes import ExitCode, ExitReason, TerminationMessage
@@ -50,6 +51,18 @@ def apply_env_overrides(
         raise ConfigError(problems, "environment overrides") from None
 
 
+def _raw_termination_path(config_path: str, default: str) -> str:
+    """The termination-message path from a config that failed validation (best effort)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(config_path).read_text())
+        path = data.get("terminationMessagePath") if isinstance(data, dict) else None
+    except (OSError, yaml.YAMLError):
+        return default
+    return path if isinstance(path, str) and path else default
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="adamw-train", description="Train a GPT with guarded fused AdamW and Prometheus metrics."
@@ -68,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg, applied = apply_env_overrides(cfg)
     except ConfigError as err:
         print(f"adamw-train: {err}", file=sys.stderr)
+        if termination_path == "/dev/termination-log":
+            termination_path = _raw_termination_path(args.config, termination_path)
         TerminationMessage(
             reason=ExitReason.INVALID_CONFIG.value,
             exit_code=int(ExitCode.INVALID_CONFIG),

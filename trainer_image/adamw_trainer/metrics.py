@@ -75,6 +75,9 @@ class TrainerMetrics:
             "adamw_memory_peak_bytes",
             "Peak device memory allocated (CUDA) or peak resident memory of the process (CPU).",
         )
+        # No loss has been measured yet: NaN says so, where 0 would look like a perfect model.
+        self.train_loss.set(float("nan"))
+        self.validation_loss.set(float("nan"))
         self.info = Info("adamw_trainer", "Trainer build and run description.", labels, registry=r)
 
     def set_info(self, **fields: Any) -> None:
