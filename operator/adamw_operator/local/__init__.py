@@ -1,0 +1,1 @@
+"""`adamw-job run FILE`: run an AdamWTrainingJob on this machine, no cluster needed."""
