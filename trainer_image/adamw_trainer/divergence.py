@@ -14,7 +14,7 @@ streak means the model has diverged and every further step will be skipped too. 
 multiplies the learning rate by `lrFactor` and carries on; the rollback count and the
 learning-rate scale survive the rollback and are saved in later checkpoints.
 
-The streak is counted on the device (`NonFiniteStreak`) and read only when the trainer
+The streak is counted on the device by the optimizer and read only when the trainer
 syncs anyway (its log interval), so detection costs no host sync per step.
 """
 
@@ -30,38 +30,7 @@ import torch
 from .config import DivergenceConfig
 
 
-class NonFiniteStreak:
-    """Consecutive skipped steps, and the longest streak since the last read, on the device."""
-
-    def __init__(self, device: torch.device | str = "cpu"):
-        self.current = torch.zeros((), dtype=torch.float32, device=device)
-        self.longest = torch.zeros((), dtype=torch.float32, device=device)
-
-    def update(self, found_inf: torch.Tensor) -> None:
-        """Feed the step's non-finite flag (1.0 skipped, 0.0 applied); no host sync."""
-        flag = found_inf.to(self.current.dtype).reshape(())
-        self.current.add_(1.0).mul_(flag)  # (streak + 1) if skipped, else 0
-        torch.maximum(self.longest, self.current, out=self.longest)
-
-    def read(self) -> tuple[int, int]:
-        """(current streak, longest streak since the last read): one host sync; resets `longest`."""
-        current, longest = (int(x) for x in torch.stack([self.current, self.longest]).tolist())
-        self.longest.copy_(self.current)
-        return current, longest
-
-    def reset(self) -> None:
-        self.current.zero_()
-        self.longest.zero_()
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"current": self.current, "longest": self.longest}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.current.copy_(state["current"])
-        self.longest.copy_(state["longest"])
-
-
-class Action(str, enum.Enum):
+class Action(enum.StrEnum):
     CONTINUE = "Continue"
     ROLLBACK = "Rollback"
     FAIL = "Fail"

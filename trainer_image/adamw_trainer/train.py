@@ -22,6 +22,7 @@ import contextlib
 import math
 import resource
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -31,13 +32,20 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import __version__
+from .checkpoint.agreement import Agreement
+from .checkpoint.manager import CheckpointManager
+from .checkpoint.metrics import FaultToleranceMetrics, restart_count
+from .checkpoint.payload import HostSnapshot, Payload, capture, restore
+from .checkpoint.store import CheckpointInfo, CheckpointMeta
 from .config import TrainerConfig
 from .data import BatchSource
 from .distributed import DistEnv, all_reduce_mean, init_process_group, resolve_device
+from .divergence import Action, DivergencePolicy, NanGradFault
 from .exit_codes import ExitCode
 from .metrics import MetricsServer, Status, TrainerMetrics
 from .model import GPT, count_parameters, flops_per_token
 from .optim import GuardedAdamW, param_groups
+from .preemption import PREEMPTION_SAVE_FAILED_EXIT_CODE, PreemptionWatcher
 from .progress import RunLog
 from .schedule import lr_at
 
@@ -121,7 +129,7 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.lr_scale = 1.0
-        # Set by a signal handler (SIGTERM); the loop stops before the next step.
+        # Stop before the next step as on SIGTERM (the signal itself sets self.preemption).
         self.stop_requested = False
 
         self.n_params = count_parameters(self.raw_model)
@@ -147,6 +155,35 @@ class Trainer:
         )
         self.server: MetricsServer | None = None
         self.last_counters: IntervalCounters | None = None
+
+        # Fault tolerance (issue 3): checkpoints, divergence policy, preemption.
+        self.ft_metrics = FaultToleranceMetrics(self.metrics.registry, self.env.rank)
+        self.agreement = Agreement(self.env.world_size)
+        self.checkpoints = CheckpointManager(
+            cfg.checkpoint,
+            rank=self.env.rank,
+            world_size=self.env.world_size,
+            agreement=self.agreement,
+            metrics=self.ft_metrics,
+            status=self.status.update,
+            event=self.log.event,
+        )
+        self.divergence = DivergencePolicy(cfg.divergence)
+        self.preemption = PreemptionWatcher()
+        self.nan_fault = NanGradFault.from_env()  # fault injection for tests; None normally
+        self._snapshot = HostSnapshot()
+        self.last_step_loss = torch.full((), math.nan, device=self.device)
+        # Longest run of skipped steps since the last log interval (device-side, no sync).
+        self._longest_streak = torch.zeros((), device=self.device)
+        self.exit_message = ""  # why the run stopped, for the termination message
+        self.status.update(
+            lastCheckpoint=None,
+            lastGoodCheckpoint=None,
+            checkpointSaveSeconds=None,
+            rollbacks=0,
+            restarts=restart_count(),
+            resumedFromStep=None,
+        )
 
         # Interval accumulators (device-side).
         self._loss_sum = torch.zeros((), device=self.device)
@@ -208,13 +245,15 @@ class Trainer:
     def run(self) -> ExitCode:
         """Train to `training.maxSteps`; returns the exit code for the process."""
         self.start()
+        if threading.current_thread() is threading.main_thread():
+            self.preemption.install()
         try:
             self.resume()
             self.status.update(phase="Training", step=self.step)
             max_steps = self.cfg.training.max_steps
             self._interval_start = self._last_step_end = time.perf_counter()
             while self.step < max_steps:
-                if self.stop_requested:
+                if self._stop_agreed():
                     return self.on_stop_requested()
                 self.train_step()
                 self._after_step()
@@ -227,11 +266,14 @@ class Trainer:
                 if self._eval_due():
                     self.evaluate()
                 self.maybe_checkpoint()
-            self.finish()
+            code = self.finish()
+            if code is not None:
+                return code
             self.status.update(phase="Succeeded")
             self.log.event("done", step=self.step, tokensSeen=self.tokens_seen)
             return ExitCode.SUCCEEDED
         finally:
+            self.preemption.uninstall()
             self.log.close()
 
     def train_step(self) -> None:
@@ -249,7 +291,11 @@ class Trainer:
                     loss = self.model(x, y) / accum
                 self.optimizer.scale_loss(loss).backward()
             step_loss += loss.detach()
+        if self.nan_fault is not None and self.nan_fault.active(self.step, self.divergence.rollbacks):
+            self.nan_fault.poison(self.raw_model)  # injected fault (tests): see divergence.py
         self.optimizer.step()
+        torch.maximum(self._longest_streak, self.optimizer.consecutive_nonfinite, out=self._longest_streak)
+        self.last_step_loss = step_loss
         finite = torch.isfinite(step_loss)
         self._loss_sum += torch.where(finite, step_loss, 0.0)
         self._loss_count += finite
@@ -386,28 +432,150 @@ class Trainer:
         self._last_step_end += spent
         return val
 
-    # ----- hooks for checkpointing, preemption and divergence (issue 3) --------------
+    # ----- checkpointing, preemption and divergence (issue 3) ------------------------
+
+    def train_state(self) -> dict[str, Any]:
+        """Resumable state besides model and optimizer (the data position is `step`)."""
+        return {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "divergence": self.divergence.state_dict(),
+        }
+
+    def _capture(self) -> Payload:
+        return capture(self.raw_model, self.optimizer, self.train_state(), self._snapshot)
+
+    def _checkpoint_meta(self) -> CheckpointMeta:
+        """Metadata for a checkpoint of the current state; one host sync (saves are rare)."""
+        loss, streak = torch.stack(
+            [self.last_step_loss.float(), self.optimizer.consecutive_nonfinite.float()]
+        ).tolist()
+        return CheckpointMeta(
+            step=self.step,
+            loss=loss,
+            # Known-good: a finite loss, and the last step was not skipped (on any rank).
+            finite=math.isfinite(loss) and streak == 0,
+            time=time.time(),
+            config_hash=self.config_hash,
+            world_size=self.env.world_size,
+            tokens_seen=self.tokens_seen,
+        )
+
+    def _restore(self, info: CheckpointInfo, payload: Payload, *, keep_policy: bool) -> None:
+        """Load a checkpoint into this trainer; a rollback keeps the divergence counters."""
+        state = restore(payload, self.raw_model, self.optimizer)
+        self.step = int(state["step"])
+        self.tokens_seen = int(state["tokens_seen"])
+        if not keep_policy:
+            self.divergence.load_state_dict(state.get("divergence", {}))
+        self.lr_scale = self.divergence.lr_scale
+        self._nonfinite_read = int(self.optimizer.nonfinite_total.item())
+        self._longest_streak.zero_()
+        self._loss_sum.zero_()
+        self._loss_count.zero_()
+        self.checkpoints.mark_restored(info)
+        self.metrics.step.set(self.step)
+        self.status.update(step=self.step, rollbacks=self.divergence.rollbacks)
 
     def resume(self) -> None:
-        """Restore state from the newest valid checkpoint (no checkpointing yet)."""
+        """Restore the newest valid checkpoint (all ranks the same one), unless resume is off."""
+        if not self.cfg.checkpoint.resume:
+            return
+        info = self.checkpoints.resume_point()
+        if info is None:
+            self.log.event("fresh-start", checkpointDir=self.cfg.checkpoint.dir)
+            return
+        self._restore(info, self.checkpoints.load(info), keep_policy=False)
+        self.status.update(resumedFromStep=info.step)
+        self.log.event(
+            "resumed",
+            step=self.step,
+            checkpoint=str(info.path),
+            loss=info.meta.loss,
+            lrScale=self.lr_scale,
+            rollbacks=self.divergence.rollbacks,
+        )
 
     def maybe_checkpoint(self) -> None:
-        """Save a checkpoint when one is due (no checkpointing yet)."""
+        """Save (in the background) when `checkpoint.intervalSteps/intervalSeconds` say so."""
+        if self.checkpoints.due(self.step, self.cfg.training.max_steps):
+            self.checkpoints.save(self._checkpoint_meta(), self._capture)
 
     def on_interval(self, counters: IntervalCounters) -> ExitCode | None:
         """Divergence policy on the interval's counters; an exit code stops the run."""
-        return None
+        longest = int(self._longest_streak.item())
+        self._longest_streak.copy_(self.optimizer.consecutive_nonfinite)
+        if longest <= self.cfg.divergence.max_consecutive_nonfinite_steps:
+            return None
+        self.checkpoints.close()  # a save in flight may be the known-good one
+        last_good = self.agreement.from_rank0(self.checkpoints.last_good_step)
+        decision = self.divergence.decide(self.step, longest, last_good)
+        if decision.action is Action.ROLLBACK:
+            loaded = self.checkpoints.load_last_good()
+            if loaded is None:  # rank 0 lost it between the two questions: give up cleanly
+                self.exit_message = f"{decision.message}; the checkpoint is gone"
+                return ExitCode.DIVERGED
+            info, payload = loaded
+            from_step = self.step
+            self._restore(info, payload, keep_policy=True)
+            self.ft_metrics.rollbacks.inc()
+            self.log.event(
+                "rollback",
+                fromStep=from_step,
+                toStep=info.step,
+                rollbacks=self.divergence.rollbacks,
+                lrScale=self.lr_scale,
+                lr=self.lr_at(self.step),
+                reason=decision.message,
+            )
+            return None
+        self.exit_message = f"diverged: {decision.message}"
+        self.status.update(phase="Diverged")
+        self.log.event("diverged", step=self.step, reason=decision.message)
+        return ExitCode.DIVERGED
 
-    def on_stop_requested(self) -> ExitCode:
-        """A stop (SIGTERM) was requested before the next step."""
-        self.status.update(phase="Stopped")
-        self.log.event("stopped", step=self.step)
-        return ExitCode.PREEMPTED
+    def _stop_agreed(self) -> bool:
+        """Whether any rank was asked to stop (SIGTERM); every rank asks at every step."""
+        return self.agreement.any(self.stop_requested or self.preemption.requested)
 
-    def finish(self) -> None:
-        """End of training: the final checkpoint goes here."""
+    def on_stop_requested(self) -> int:
+        """SIGTERM: save this step's checkpoint within the budget; 143 only if it is on disk."""
+        budget = self.preemption.seconds_left(self.cfg.checkpoint.preemption_save_timeout_seconds)
+        saved, detail = self.checkpoints.save_for_preemption(
+            self._checkpoint_meta(), self._capture, budget
+        )
+        saved, detail = self.agreement.from_rank0((saved, detail))
+        signal_name = self.preemption.signal_name or "stop request"
+        self.log.event("preempted", step=self.step, signal=signal_name, saved=saved, detail=detail)
+        if saved:
+            self.status.update(phase="Preempted")
+            self.exit_message = f"{signal_name} at step {self.step}: {detail}"
+            return ExitCode.PREEMPTED
+        self.status.update(phase="Failed")
+        self.checkpoints.abandon_writes = True  # do not outlive the grace period waiting on it
+        self.exit_message = (
+            f"{signal_name} at step {self.step} but {detail}; work since the last good "
+            f"checkpoint (step {self.checkpoints.last_good_step}) is lost"
+        )
+        return PREEMPTION_SAVE_FAILED_EXIT_CODE
+
+    def finish(self) -> int | None:
+        """The final checkpoint; a run whose result is not on disk has not succeeded."""
+        code = None
+        if self.checkpoints.writes and not self.checkpoints.saved_current(self.step):
+            result = self.checkpoints.save_and_wait(self._checkpoint_meta(), self._capture)
+            if result is not None and not result.ok:
+                self.exit_message = f"training finished but the final checkpoint failed: {result.error}"
+                code = 1
+        code, self.exit_message = self.agreement.from_rank0((code, self.exit_message))
+        return code
+
+    @property
+    def last_good_checkpoint_step(self) -> int | None:
+        return self.checkpoints.last_good_step
 
     def close(self) -> None:
+        self.checkpoints.close(timeout=0 if self.checkpoints.abandon_writes else None)
         if self.server is not None:
             self.server.stop()
             self.server = None

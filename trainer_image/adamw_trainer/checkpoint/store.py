@@ -27,6 +27,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -116,8 +117,13 @@ class CheckpointInfo:
         return self.meta.finite
 
     def status(self) -> dict:
-        """The `/status` view: what the operator copies into the job's status."""
-        return {"step": self.meta.step, "loss": self.meta.to_json()["loss"], "time": self.meta.time}
+        """The `/status` view the operator copies into the job's status (time in RFC 3339)."""
+        when = datetime.fromtimestamp(self.meta.time, tz=UTC)
+        return {
+            "step": self.meta.step,
+            "loss": self.meta.to_json()["loss"],
+            "time": when.isoformat(timespec="seconds").replace("+00:00", "Z"),
+        }
 
 
 def _sha256_file(path: Path) -> tuple[str, int]:
