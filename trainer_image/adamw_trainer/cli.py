@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(ExitCode.INVALID_CONFIG)
 
     # torch is imported only after the config is known to be valid: a bad file fails fast.
+    from .checkpoint.store import WorldSizeMismatchError
     from .data import DataError
     from .distributed import DistEnv, destroy_process_group
     from .train import Trainer
@@ -111,9 +112,11 @@ def main(argv: list[str] | None = None) -> int:
             worldSize=env.world_size,
         )
         code = trainer.run()
-    except DataError as err:
-        # A data problem is a configuration problem: restarting cannot fix it.
-        print(f"adamw-train: invalid data: {err}", file=sys.stderr)
+    except (DataError, WorldSizeMismatchError) as err:
+        # A data problem, or checkpoints from another world size, is a configuration
+        # problem: restarting cannot fix it.
+        what = "invalid data" if isinstance(err, DataError) else "cannot resume"
+        print(f"adamw-train: {what}: {err}", file=sys.stderr)
         TerminationMessage(
             reason=ExitReason.INVALID_CONFIG.value,
             exit_code=int(ExitCode.INVALID_CONFIG),
@@ -126,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             reason=ExitReason.CRASHED.value,
             exit_code=1,
             step=trainer.step if trainer is not None else 0,
+            last_good_checkpoint_step=trainer.last_good_checkpoint_step if trainer is not None else None,
             message=f"{type(err).__name__}: {err}",
         ).write(termination_path)
         raise
@@ -138,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         reason=_reason(code).value,
         exit_code=int(code),
         step=trainer.step,
-        message=f"stopped at step {trainer.step} of {cfg.training.max_steps}",
+        last_good_checkpoint_step=trainer.last_good_checkpoint_step,
+        message=trainer.exit_message or f"stopped at step {trainer.step} of {cfg.training.max_steps}",
     ).write(termination_path)
     return int(code)
 
