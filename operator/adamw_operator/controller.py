@@ -1,0 +1,350 @@
+"""Carries out Plans against the API: one reconcile = read the job and its pods fresh,
+`decide`, then delete, create, write status, post events. Kopf only tells us *when*.
+
+Per job, reconciles never overlap: a trigger that arrives while one runs marks the job
+dirty and the running reconcile goes round once more (so bursts of pod events coalesce).
+A background ticker re-runs jobs whose Plan asked for a requeue (backoff expiry, hang
+deadline, TTL), polls rank 0's /status for Running jobs, and resyncs every job now and then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+from adamw_trainer.config import ConfigError
+
+from .api.constants import API_VERSION, KIND, LABEL_JOB
+from .api.spec import AdamWTrainingJobSpec, parse_spec
+from .builders.configmap import build_configmap
+from .builders.pods import build_worker_pod
+from .builders.service import build_service
+from .decisions import Event, Plan, backoff_seconds, decide
+from .kube import ApiError, KubeClient
+from .metrics import OperatorMetrics
+from .observe import WorkerObservation, observe_pod
+from .progress import fold_progress, read_status
+from .status import TERMINAL_PHASES, rfc3339, set_condition
+
+log = logging.getLogger("adamw_operator")
+Key = tuple[str, str]
+
+
+def merge_patch(old: Any, new: Any) -> Any:
+    """RFC 7386 merge patch turning `old` into `new` (None where a key went away)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    patch: dict[str, Any] = {}
+    for key in old.keys() - new.keys():
+        patch[key] = None
+    for key, value in new.items():
+        if key not in old:
+            patch[key] = value
+        elif old[key] != value:
+            patch[key] = merge_patch(old[key], value) if isinstance(value, dict) else value
+    return patch
+
+
+class Controller:
+    def __init__(
+        self,
+        kube: KubeClient,
+        metrics: OperatorMetrics | None = None,
+        poll_interval: float = 10.0,
+        resync_interval: float = 60.0,
+        tick: float = 0.1,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ):
+        self.kube = kube
+        self.metrics = metrics or OperatorMetrics()
+        self.poll_interval = poll_interval
+        self.resync_interval = resync_interval
+        self.tick = tick
+        self.clock = clock
+        self._locks: dict[Key, asyncio.Lock] = {}
+        self._dirty: set[Key] = set()
+        self._due: dict[Key, float] = {}
+        self._error_backoff: dict[Key, float] = {}
+        self._phase: dict[Key, str | None] = {}
+        self._rank0: dict[Key, tuple[str, int]] = {}
+        self._failure_seen: dict[Key, tuple[float, float]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._ticker: asyncio.Task[Any] | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self._event_seq = 0
+
+    # Lifecycle -------------------------------------------------------------------
+    def start(self) -> None:
+        if self._ticker is None:
+            self._ticker = asyncio.create_task(self._run_ticker(), name="adamw-ticker")
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._ticker, *self._tasks) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._ticker = None
+        if self._http is not None:
+            await self._http.close()
+        await self.kube.close()
+
+    def forget(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        for table in (self._due, self._phase, self._rank0, self._failure_seen, self._error_backoff):
+            table.pop(key, None)
+        self.metrics.set_phase(namespace, name, None)
+
+    # Triggers --------------------------------------------------------------------
+    async def reconcile(self, namespace: str, name: str) -> None:
+        """Reconcile now, or make the one in progress go round again."""
+        key = (namespace, name)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        if lock.locked():
+            self._dirty.add(key)
+            return
+        async with lock:
+            rounds = 0
+            while True:
+                self._dirty.discard(key)
+                await self._reconcile_guarded(namespace, name)
+                rounds += 1
+                if key not in self._dirty or rounds > 20:
+                    break
+
+    def _spawn(self, namespace: str, name: str) -> None:
+        task = asyncio.create_task(self.reconcile(namespace, name))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reconcile_guarded(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        started = time.perf_counter()
+        try:
+            await self._reconcile_once(namespace, name)
+            self._error_backoff.pop(key, None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # noqa: BLE001 - any failure: count, log, retry later
+            kind = f"http{err.status}" if isinstance(err, ApiError) else type(err).__name__
+            self.metrics.reconcile_errors.labels(kind=kind).inc()
+            delay = min(30.0, self._error_backoff.get(key, 0.25) * 2)
+            self._error_backoff[key] = delay
+            self._requeue(key, delay)
+            log.warning("reconcile %s/%s failed (retry in %.1fs): %s", namespace, name, delay, err)
+        finally:
+            self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
+
+    def _requeue(self, key: Key, seconds: float) -> None:
+        due = time.monotonic() + seconds
+        if key not in self._due or self._due[key] > due:
+            self._due[key] = due
+
+    # One reconcile -----------------------------------------------------------------
+    async def _reconcile_once(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        body = await self.kube.get_job(namespace, name)
+        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+            self.forget(namespace, name)
+            return
+        meta = body["metadata"]
+        uid, generation = meta.get("uid", ""), meta.get("generation")
+        status = body.get("status") or {}
+        now = self.clock()
+        try:
+            spec = parse_spec(body.get("spec"))
+        except ConfigError as err:
+            await self._report_unparsable(body, status, err.problems, now, generation)
+            return
+        pods = await self.kube.list_pods(namespace, f"{LABEL_JOB}={name}")
+        owned = [p for p in pods if _owned_by(p, uid)]
+        workers = [observe_pod(p) for p in owned]
+        self._remember_rank0(key, spec, workers, status.get("attempt", 0))
+        plan = decide(spec=spec, status=status, workers=workers, now=now, generation=generation)
+        await self._apply(body, spec, plan, workers)
+
+    async def _apply(self, body: dict[str, Any], spec: AdamWTrainingJobSpec, plan: Plan,
+                     workers: list[WorkerObservation]) -> None:
+        meta = body["metadata"]
+        namespace, name, uid = meta["namespace"], meta["name"], meta.get("uid", "")
+        key = (namespace, name)
+        old = body.get("status") or {}
+        st = plan.status
+        if plan.failure_observed:
+            reason = (st.get("lastFailure") or {}).get("reason", "Unknown")
+            self.metrics.restarts.labels(namespace=namespace, reason=reason).inc()
+            preempted = reason in ("Preempted", "PodLost")
+            delay = 0.0 if preempted else backoff_seconds(spec, st.get("restarts", 0))
+            self._failure_seen[key] = (time.monotonic(), delay)
+        if st.get("phase") == "Failed" and old.get("phase") != "Failed":
+            reason = next((c["reason"] for c in st.get("conditions", []) if c["type"] == "Failed"), "Unknown")
+            self.metrics.failures.labels(namespace=namespace, reason=reason).inc()
+        await asyncio.gather(*(self.kube.delete_pod(namespace, n) for n in plan.delete_pods))
+        if plan.create_ranks:
+            refused = await self._create_workers(namespace, name, uid, spec, st, plan.create_ranks)
+            if refused:
+                message = f"the API server refused a worker pod: {refused}"
+                set_condition(st, "InvalidSpec", True, "PodRejected", message, self.clock(),
+                              st.get("observedGeneration"))
+                st["message"] = message
+                plan.events.append(Event("Warning", "PodRejected", message))
+                plan.requeue(30.0)
+            elif key in self._failure_seen:
+                seen, delay = self._failure_seen.pop(key)
+                self.metrics.replacement_seconds.observe(max(0.0, time.monotonic() - seen - delay))
+        patch = merge_patch(old, st)
+        if patch:
+            await self.kube.patch_job_status(namespace, name, patch)
+        for event in plan.events:
+            await self.post_event(body, event)
+        self._phase[key] = st.get("phase")
+        self.metrics.set_phase(namespace, name, st.get("phase"))
+        if plan.delete_job:
+            await self.kube.delete_job(namespace, name)
+            self.forget(namespace, name)
+            return
+        if plan.requeue_after is not None:
+            self._requeue(key, plan.requeue_after)
+
+    async def _create_workers(self, namespace: str, name: str, uid: str, spec: AdamWTrainingJobSpec,
+                              st: dict[str, Any], ranks: list[int]) -> str | None:
+        """Create the ConfigMap, Service and pods; the server's message if it refused one."""
+        try:
+            await self.kube.apply_configmap(namespace, build_configmap(name, namespace, uid, spec))
+            await self.kube.create(namespace, "services", build_service(name, namespace, uid, spec))
+            pods = [
+                build_worker_pod(name, namespace, uid, spec, rank, st["attempt"],
+                                 st.get("restarts", 0) + st.get("preemptions", 0),
+                                 st.get("checkpointSaveSeconds"))
+                for rank in ranks
+            ]
+            await asyncio.gather(*(self.kube.create(namespace, "pods", p) for p in pods))
+        except ApiError as err:
+            if err.status in (400, 403, 422):
+                return err.message
+            raise
+        return None
+
+    async def _report_unparsable(self, body: dict[str, Any], status: dict[str, Any],
+                                 problems: list[str], now: datetime, generation: int | None) -> None:
+        """A spec the schema let through (an old CRD, a cluster without validation)."""
+        meta = body["metadata"]
+        st = dict(status)
+        message = "; ".join(problems)
+        set_condition(st, "InvalidSpec", True, "InvalidSpec", message, now, generation)
+        st["phase"] = st.get("phase") or "Pending"
+        st["message"] = f"spec cannot run, fix it: {message}"
+        st["observedGeneration"] = generation
+        patch = merge_patch(status, st)
+        if patch:
+            await self.kube.patch_job_status(meta["namespace"], meta["name"], patch)
+            await self.post_event(body, Event("Warning", "InvalidSpec", message))
+
+    # Events ------------------------------------------------------------------------
+    async def post_event(self, body: dict[str, Any], event: Event) -> None:
+        meta = body["metadata"]
+        self._event_seq += 1
+        stamp = rfc3339(self.clock())
+        obj = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": f"{meta['name']}.{time.time_ns():x}{self._event_seq:x}",
+                "namespace": meta["namespace"],
+            },
+            "involvedObject": {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid", ""),
+            },
+            "type": event.type,
+            "reason": event.reason,
+            "message": event.message[:1024],
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+            "source": {"component": "adamw-operator"},
+            "reportingComponent": "adamw-operator",
+            "reportingInstance": os.environ.get("HOSTNAME", "adamw-operator"),
+        }
+        try:
+            await self.kube.create(meta["namespace"], "events", obj)
+        except Exception as err:  # noqa: BLE001 - events are best effort
+            log.info("could not post event %s for %s: %s", event.reason, meta["name"], err)
+
+    # Progress polling ------------------------------------------------------------------
+    def _remember_rank0(self, key: Key, spec: AdamWTrainingJobSpec,
+                        workers: list[WorkerObservation], attempt: int) -> None:
+        rank0 = next((w for w in workers if w.rank == 0 and w.attempt == attempt and w.pod_ip), None)
+        if rank0 and spec.trainer.metrics.port and rank0.phase == "Running":
+            self._rank0[key] = (rank0.pod_ip or "", spec.trainer.metrics.port)
+        else:
+            self._rank0.pop(key, None)
+
+    async def poll_progress(self, namespace: str, name: str) -> None:
+        """Read rank 0's /status once and fold it into the job status."""
+        key = (namespace, name)
+        target = self._rank0.get(key)
+        if target is None or self._phase.get(key) != "Running":
+            return
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+        report = await read_status(self._http, target[0], target[1])
+        if report is None:
+            return
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            body = await self.kube.get_job(namespace, name)
+            if body is None:
+                return
+            status = body.get("status") or {}
+            if status.get("phase") in TERMINAL_PHASES:
+                return
+            patch, events = fold_progress(status, report, self.clock())
+            if patch:
+                await self.kube.patch_job_status(namespace, name, patch)
+            for event in events:
+                await self.post_event(body, event)
+
+    # Ticker ------------------------------------------------------------------------------
+    async def _run_ticker(self) -> None:
+        last_poll = last_resync = time.monotonic()
+        while True:
+            await asyncio.sleep(self.tick)
+            now = time.monotonic()
+            for key, due in list(self._due.items()):
+                if due <= now:
+                    del self._due[key]
+                    self._spawn(*key)
+            if now - last_poll >= self.poll_interval:
+                last_poll = now
+                for key in list(self._rank0):
+                    task = asyncio.create_task(self._safe_poll(*key))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+            if now - last_resync >= self.resync_interval:
+                last_resync = now
+                for key, phase in list(self._phase.items()):
+                    if phase not in TERMINAL_PHASES:
+                        self._spawn(*key)
+
+    async def _safe_poll(self, namespace: str, name: str) -> None:
+        try:
+            await self.poll_progress(namespace, name)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # noqa: BLE001
+            self.metrics.reconcile_errors.labels(kind="progress").inc()
+            log.info("progress poll of %s/%s failed: %s", namespace, name, err)
+
+
+def _owned_by(pod: dict[str, Any], uid: str) -> bool:
+    refs = (pod.get("metadata") or {}).get("ownerReferences") or []
+    return not uid or any(r.get("uid") == uid for r in refs)

@@ -1,0 +1,56 @@
+"""Cross-field rules as CEL `x-kubernetes-validations`, keyed by the schema path they sit on.
+
+Standard CEL only (no Kubernetes extensions such as `quantity()`), so the tests can evaluate
+them with cel-python. Each mirrors a pydantic validator or a runtime check, so the cluster
+refuses at `kubectl apply` what the operator would otherwise report later.
+"""
+
+from __future__ import annotations
+
+RULES: dict[str, list[dict[str, str]]] = {
+    "spec": [
+        {
+            "rule": "!has(self.trainer) || !has(self.trainer.device) || "
+            "(self.gpusPerReplica == 0 ? self.trainer.device != 'cuda' : self.trainer.device != 'cpu')",
+            "message": "trainer.device must match gpusPerReplica: 'cuda' needs gpusPerReplica > 0, "
+            "'cpu' needs gpusPerReplica = 0 ('auto' fits both)",
+        },
+    ],
+    "spec.checkpointStorage": [
+        {
+            "rule": "!(has(self.claimName) && has(self.volumeName))",
+            "message": "set either claimName or volumeName, not both",
+        },
+    ],
+    "spec.restartPolicy": [
+        {
+            "rule": "self.maxBackoffSeconds >= self.backoffSeconds",
+            "message": "maxBackoffSeconds must be >= backoffSeconds",
+        },
+    ],
+    "spec.trainer.model": [
+        {
+            "rule": "self.width % self.heads == 0",
+            "message": "width must be divisible by heads",
+        },
+    ],
+    "spec.trainer.data": [
+        {
+            "rule": "!(self.source == 'text' || self.source == 'tokens') || has(self.path)",
+            "message": "data.path is required when data.source is 'text' or 'tokens'",
+        },
+    ],
+    "spec.trainer": [
+        {
+            "rule": "!has(self.data) || !has(self.model) || "
+            "!(self.data.source == 'stdlib' || self.data.source == 'text') || self.model.vocabSize >= 256",
+            "message": "byte-level data sources (stdlib, text) need model.vocabSize >= 256",
+        },
+    ],
+    "spec.trainer.optimizer": [
+        {
+            "rule": "self.betas.all(b, b >= 0.0 && b < 1.0)",
+            "message": "betas must each be in [0, 1)",
+        },
+    ],
+}

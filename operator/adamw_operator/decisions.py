@@ -1,0 +1,398 @@
+"""The decision function: (spec, status, observed workers, now) -> a Plan. Pure; kopf-free.
+
+The operator and the local runner (`adamw-job run`) both call `decide` and carry out the
+Plan their own way (pods vs processes). Level-triggered: it looks only at what is, never
+at which event arrived, so running it twice on the same world gives the same Plan.
+
+Failure classification (the exit-code contract of `adamw_trainer.exit_codes`):
+    exit 2 InvalidConfig      -> fail now, no restart
+    exit 3 Diverged           -> restartPolicy.onDivergence: Fail, or Restart (uses budget)
+    exit 143, eviction, preemption, node lost, pod vanished
+                              -> gang restart on the preemption budget, no backoff
+    anything else, a hang     -> gang restart on the restart budget, exponential backoff
+    exit 0 before maxSteps    -> a crash (a worker that exits 0 while others fail is not success)
+Restarts that do not advance the last checkpoint step, several in a row, fail as NoProgress.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from adamw_trainer.exit_codes import ExitCode, ExitReason
+
+from .api.checks import runtime_problems
+from .api.spec import AdamWTrainingJobSpec
+from .observe import WorkerObservation
+from .status import (
+    TERMINAL_PHASES,
+    condition_true,
+    get_condition,
+    parse_time,
+    rfc3339,
+    set_condition,
+)
+
+# Re-check soon when children are still going away (a watch event normally comes first).
+WAIT_FOR_DELETION_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal or Warning
+    reason: str  # CamelCase
+    message: str
+
+
+@dataclass
+class Plan:
+    """What to do now. The status is the whole new status; write it if it changed."""
+
+    status: dict[str, Any]
+    create_ranks: list[int] = field(default_factory=list)
+    delete_pods: list[str] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
+    delete_job: bool = False
+    failure_observed: bool = False  # a gang restart began now (for the latency metric)
+
+    def requeue(self, seconds: float) -> None:
+        seconds = max(0.0, seconds)
+        self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
+
+
+@dataclass(frozen=True)
+class Failure:
+    kind: str  # Crashed, InvalidConfig, Diverged, Preempted, Hung, PodLost, ExitedEarly
+    rank: int | None
+    exit_code: int | None
+    message: str
+
+
+def backoff_seconds(spec: AdamWTrainingJobSpec, restarts: int) -> float:
+    """Exponential: base, 2x base, 4x base, ... capped (restarts counts this restart)."""
+    policy = spec.restart_policy
+    if policy.backoff_seconds <= 0:
+        return 0.0
+    return min(policy.max_backoff_seconds, policy.backoff_seconds * 2 ** max(0, restarts - 1))
+
+
+def classify(workers: list[WorkerObservation], max_steps: int) -> Failure | None:
+    """The failure that explains this attempt, most decisive first; None when none."""
+    failed = sorted((w for w in workers if w.failed), key=lambda w: w.rank)
+    by_code = {w.exit_code: w for w in reversed(failed)}
+    for code, kind in ((ExitCode.INVALID_CONFIG, "InvalidConfig"), (ExitCode.DIVERGED, "Diverged")):
+        if code in by_code and not by_code[code].disrupted:
+            w = by_code[code]
+            return Failure(kind, w.rank, w.exit_code, _describe(w))
+    # A preempted peer explains the others' rendezvous crashes.
+    for w in failed:
+        if w.preempted:
+            return Failure("Preempted", w.rank, w.exit_code, _describe(w))
+    if failed:
+        w = failed[0]
+        return Failure("Crashed", w.rank, w.exit_code, _describe(w))
+    for w in sorted(workers, key=lambda w: w.rank):
+        if w.exit_code == 0 and w.termination is not None and w.termination.step < max_steps:
+            return Failure(
+                "ExitedEarly",
+                w.rank,
+                0,
+                f"rank {w.rank} exited 0 at step {w.termination.step} of {max_steps}",
+            )
+    return None
+
+
+def _describe(w: WorkerObservation) -> str:
+    what = f"rank {w.rank} "
+    if w.exit_code is not None:
+        what += f"exited {w.exit_code}"
+        if w.reason:
+            what += f" ({w.reason})"
+    else:
+        what += f"failed ({w.reason or 'unknown reason'})"
+    detail = w.termination.message if w.termination and w.termination.message else w.message
+    if detail and not w.termination:
+        detail = detail[:300]
+    return f"{what}: {detail}" if detail else what
+
+
+def _cleanup(policy: str, workers: list[WorkerObservation]) -> list[str]:
+    if policy == "All":
+        return [w.name for w in workers if not w.deleting]
+    if policy == "Running":
+        return [w.name for w in workers if not w.deleting and not w.finished]
+    return []
+
+
+def _checkpoint_step(status: dict[str, Any], workers: list[WorkerObservation]) -> int:
+    """Best knowledge of the newest good checkpoint: status, or the workers' exit messages."""
+    steps = [-1]
+    for key in ("lastGoodCheckpoint", "lastCheckpoint"):
+        ref = status.get(key) or {}
+        if isinstance(ref.get("step"), int):
+            steps.append(ref["step"])
+    for w in workers:
+        if w.termination and w.termination.last_good_checkpoint_step is not None:
+            steps.append(int(w.termination.last_good_checkpoint_step))
+    return max(steps)
+
+
+def _record_exit_messages(status: dict[str, Any], workers: list[WorkerObservation]) -> None:
+    """Fold what finished workers said (step, last good checkpoint) into the status."""
+    for w in workers:
+        t = w.termination
+        if not t or w.rank != 0:
+            continue
+        if t.step and (status.get("step") or 0) < t.step:
+            status["step"] = t.step
+        good = t.last_good_checkpoint_step
+        known = (status.get("lastGoodCheckpoint") or {}).get("step", -1)
+        if good is not None and good > known:
+            status["lastGoodCheckpoint"] = {"step": int(good)}
+
+
+def decide(
+    *,
+    spec: AdamWTrainingJobSpec,
+    status: dict[str, Any] | None,
+    workers: list[WorkerObservation],
+    now: datetime,
+    generation: int | None = None,
+    spec_errors: list[str] | None = None,
+) -> Plan:
+    """The next step for one job. `spec_errors`: problems found when parsing the spec."""
+    st = copy.deepcopy(status or {})
+    for key in ("attempt", "restarts", "preemptions", "restartsWithoutProgress"):
+        st.setdefault(key, 0)
+    st["observedGeneration"] = generation
+    st["maxSteps"] = spec.trainer.training.max_steps
+    plan = Plan(status=st)
+    attempt = st["attempt"]
+    current = [w for w in workers if w.attempt == attempt]
+    stale = [w for w in workers if w.attempt != attempt]
+    _record_exit_messages(st, current)
+
+    if st.get("phase") in TERMINAL_PHASES:
+        plan.delete_pods = [w.name for w in stale if not w.deleting]
+        plan.delete_pods += _cleanup(spec.clean_pod_policy, current)
+        _ttl(plan, spec, st, now)
+        return plan
+
+    problems = (spec_errors or []) + runtime_problems(spec)
+    if problems:
+        message = "; ".join(problems)
+        if not condition_true(st, "InvalidSpec") or get_condition(st, "InvalidSpec")["message"] != message:
+            plan.events.append(Event("Warning", "InvalidSpec", message))
+        set_condition(st, "InvalidSpec", True, "InvalidSpec", message, now, generation)
+        st["phase"] = st.get("phase") or "Pending"
+        st["message"] = f"spec cannot run, fix it: {message}"
+        return plan  # no pods are created and nothing is deleted
+    if get_condition(st, "InvalidSpec"):
+        set_condition(st, "InvalidSpec", False, "SpecValid", "", now, generation)
+
+    start = parse_time(st.get("startTime"))
+    if spec.active_deadline_seconds and start:
+        due = start + timedelta(seconds=spec.active_deadline_seconds)
+        if now >= due:
+            return _fail(
+                plan, spec, current + stale, now, generation, "DeadlineExceeded",
+                f"the job ran longer than activeDeadlineSeconds ({spec.active_deadline_seconds} s)",
+            )
+        plan.requeue((due - now).total_seconds())
+
+    plan.delete_pods += [w.name for w in stale if not w.deleting]
+
+    if spec.suspend:
+        plan.delete_pods += [w.name for w in current if not w.deleting]
+        if st.get("phase") != "Suspended":
+            plan.events.append(Event("Normal", "Suspended", "job suspended; workers deleted"))
+        st["phase"] = "Suspended"
+        st["message"] = "suspended; set spec.suspend to false to resume from the last checkpoint"
+        set_condition(st, "Suspended", True, "Suspended", "spec.suspend is true", now, generation)
+        set_condition(st, "Running", False, "Suspended", "", now, generation)
+        st.pop("restartAfterTime", None)
+        return plan
+    if condition_true(st, "Suspended"):
+        set_condition(st, "Suspended", False, "Resumed", "spec.suspend is false", now, generation)
+        plan.events.append(Event("Normal", "Resumed", "job resumed; recreating workers"))
+        st["phase"] = "Pending"
+
+    failure = classify(current, spec.trainer.training.max_steps)
+    present = {w.rank for w in current}
+    missing = [r for r in range(spec.replicas) if r not in present]
+    if failure is None and missing and present and st.get("phase") == "Running":
+        failure = Failure(
+            "PodLost", missing[0], None,
+            f"worker pod(s) of rank {', '.join(map(str, missing))} disappeared while the job ran",
+        )
+    if failure is None and st.get("phase") == "Running" and spec.progress_deadline_seconds:
+        last = parse_time(st.get("lastProgressTime"))
+        if last is not None:
+            due = last + timedelta(seconds=spec.progress_deadline_seconds)
+            if now >= due:
+                failure = Failure(
+                    "Hung", 0, None,
+                    f"no step progress for {spec.progress_deadline_seconds} s "
+                    f"(progressDeadlineSeconds), last at step {st.get('step')}",
+                )
+            else:
+                plan.requeue((due - now).total_seconds())
+    if failure is not None:
+        return _on_failure(plan, spec, current, failure, now, generation)
+
+    if len(current) == spec.replicas and current and all(
+        w.exit_code == 0 or (w.phase == "Succeeded" and w.exit_code is None) for w in current
+    ):
+        st["phase"] = "Succeeded"
+        st["completionTime"] = rfc3339(now)
+        st["message"] = f"all {spec.replicas} worker(s) finished training"
+        if st.get("step") is None or st["step"] < st["maxSteps"]:
+            st["step"] = st["maxSteps"]
+        st.pop("restartAfterTime", None)
+        set_condition(st, "Succeeded", True, "Succeeded", st["message"], now, generation)
+        set_condition(st, "Running", False, "Succeeded", "", now, generation)
+        plan.events.append(Event("Normal", "Succeeded", st["message"]))
+        plan.delete_pods += _cleanup(spec.clean_pod_policy, current)
+        _ttl(plan, spec, st, now)
+        return plan
+
+    after = parse_time(st.get("restartAfterTime"))
+    if after is not None and now < after:
+        st["phase"] = "Restarting"
+        plan.requeue((after - now).total_seconds())
+        return plan
+    st.pop("restartAfterTime", None)
+
+    occupied = {w.rank for w in stale}  # same deterministic names as the new pods
+    creatable = [r for r in missing if r not in occupied]
+    if len(creatable) < len(missing):
+        plan.requeue(WAIT_FOR_DELETION_SECONDS)  # old attempt's pods still hold the names
+    if creatable:
+        plan.create_ranks = creatable
+        if not st.get("startTime"):
+            st["startTime"] = rfc3339(now)
+        if spec.active_deadline_seconds:
+            plan.requeue(spec.active_deadline_seconds)
+
+    running = len(current) == spec.replicas and all(w.phase == "Running" for w in current)
+    if running:
+        if st.get("phase") != "Running":
+            st["lastProgressTime"] = rfc3339(now)  # the hang clock starts when all run
+            if spec.progress_deadline_seconds:
+                plan.requeue(spec.progress_deadline_seconds)
+        st["phase"] = "Running"
+        st["message"] = f"{spec.replicas} worker(s) running, attempt {attempt}"
+        set_condition(st, "Running", True, "WorkersRunning", st["message"], now, generation)
+    else:
+        if st.get("phase") != "Restarting":
+            st["phase"] = "Pending"
+        waiting = spec.replicas - sum(1 for w in current if w.phase == "Running")
+        st["message"] = f"waiting for {waiting} of {spec.replicas} worker(s) to run, attempt {attempt}"
+        set_condition(st, "Running", False, "WorkersPending", st["message"], now, generation)
+    return plan
+
+
+def _ttl(plan: Plan, spec: AdamWTrainingJobSpec, st: dict[str, Any], now: datetime) -> None:
+    done = parse_time(st.get("completionTime"))
+    if spec.ttl_seconds_after_finished is None or done is None:
+        return
+    due = done + timedelta(seconds=spec.ttl_seconds_after_finished)
+    if now >= due:
+        plan.delete_job = True
+    else:
+        plan.requeue((due - now).total_seconds())
+
+
+def _fail(
+    plan: Plan,
+    spec: AdamWTrainingJobSpec,
+    workers: list[WorkerObservation],
+    now: datetime,
+    generation: int | None,
+    reason: str,
+    message: str,
+) -> Plan:
+    st = plan.status
+    st["phase"] = "Failed"
+    st["completionTime"] = rfc3339(now)
+    st["message"] = message
+    st.pop("restartAfterTime", None)
+    set_condition(st, "Failed", True, reason, message, now, generation)
+    set_condition(st, "Running", False, reason, "", now, generation)
+    plan.events.append(Event("Warning", reason, message))
+    plan.delete_pods += [n for n in _cleanup(spec.clean_pod_policy, workers) if n not in plan.delete_pods]
+    _ttl(plan, spec, st, now)
+    return plan
+
+
+def _on_failure(
+    plan: Plan,
+    spec: AdamWTrainingJobSpec,
+    current: list[WorkerObservation],
+    failure: Failure,
+    now: datetime,
+    generation: int | None,
+) -> Plan:
+    st = plan.status
+    policy = spec.restart_policy
+    st["lastFailure"] = {
+        "reason": failure.kind,
+        "rank": failure.rank,
+        "exitCode": failure.exit_code,
+        "message": failure.message[:1000],
+        "time": rfc3339(now),
+    }
+    if failure.kind == "InvalidConfig":
+        return _fail(plan, spec, current, now, generation, ExitReason.INVALID_CONFIG.value,
+                     f"the trainer refused its configuration, not restarting: {failure.message}")
+    if failure.kind == "Diverged" and policy.on_divergence == "Fail":
+        return _fail(plan, spec, current, now, generation, ExitReason.DIVERGED.value,
+                     f"training diverged (restartPolicy.onDivergence is Fail): {failure.message}")
+    preemption = failure.kind in ("Preempted", "PodLost")
+    ckpt = _checkpoint_step(st, current)
+    if preemption:
+        if st["preemptions"] >= policy.max_preemptions:
+            return _fail(plan, spec, current, now, generation, "PreemptionLimitExceeded",
+                         f"preempted {st['preemptions']} times (maxPreemptions); last: {failure.message}")
+        st["preemptions"] += 1
+        delay = 0.0
+        count = f"preemption {st['preemptions']}/{policy.max_preemptions}"
+    else:
+        if st["restarts"] >= policy.max_restarts:
+            return _fail(plan, spec, current, now, generation, "RestartLimitExceeded",
+                         f"{failure.kind} after {st['restarts']} restart(s) (maxRestarts "
+                         f"{policy.max_restarts}): {failure.message}")
+        previous = st.get("checkpointStepAtLastRestart")
+        stuck = ckpt <= (previous if previous is not None else -1)
+        st["restartsWithoutProgress"] = st["restartsWithoutProgress"] + 1 if stuck else 0
+        limit = policy.max_restarts_without_progress
+        if limit and st["restartsWithoutProgress"] >= limit:
+            return _fail(plan, spec, current, now, generation, "NoProgress",
+                         f"{st['restartsWithoutProgress']} restarts in a row without a newer "
+                         f"checkpoint (still at step {ckpt if ckpt >= 0 else 'none'}); last: "
+                         f"{failure.message}")
+        st["checkpointStepAtLastRestart"] = ckpt
+        st["restarts"] += 1
+        delay = backoff_seconds(spec, st["restarts"])
+        count = f"restart {st['restarts']}/{policy.max_restarts}"
+    st["attempt"] += 1
+    st["phase"] = "Restarting"
+    if delay > 0:
+        st["restartAfterTime"] = rfc3339(now + timedelta(seconds=delay))
+        plan.requeue(delay)
+    else:
+        st.pop("restartAfterTime", None)
+        plan.requeue(0)
+    where = f"checkpoint step {ckpt}" if ckpt >= 0 else "the start (no checkpoint yet)"
+    st["message"] = (
+        f"{failure.kind}: {failure.message}; gang {count} from {where}"
+        + (f" in {delay:g} s" if delay else "")
+    )
+    set_condition(st, "Running", False, failure.kind, st["message"], now, generation)
+    plan.events.append(Event("Warning", f"{failure.kind}Restart", st["message"]))
+    plan.delete_pods += [w.name for w in current if not w.deleting and w.name not in plan.delete_pods]
+    plan.failure_observed = True
+    return plan

@@ -1,0 +1,41 @@
+"""Thin Kopf handlers: every watch event only says "look at this job again".
+
+Kopf supplies the watches (with reconnects), peering, the liveness endpoint and logging;
+what to do is decided in `decisions.decide` and carried out by `controller.Controller`.
+Event handlers (not create/update handlers) keep Kopf from writing its own annotations
+or finalizers onto the jobs: the operator's only writes to a job are to its /status.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from .api.constants import GROUP, LABEL_JOB, PLURAL, VERSION
+from .controller import Controller
+
+
+def register(registry: kopf.OperatorRegistry, controller: Controller) -> kopf.OperatorRegistry:
+    """Add the operator's handlers to `registry` (a fresh one per operator/test)."""
+
+    @kopf.on.startup(registry=registry)
+    async def start(**_: Any) -> None:
+        controller.start()
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop(**_: Any) -> None:
+        await controller.stop()
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    async def job_changed(type: str | None, name: str, namespace: str, **_: Any) -> None:
+        if type == "DELETED":
+            controller.forget(namespace, name)
+            return
+        await controller.reconcile(namespace, name)
+
+    @kopf.on.event("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT}, registry=registry)
+    async def worker_changed(labels: dict[str, str], namespace: str, **_: Any) -> None:
+        await controller.reconcile(namespace, labels[LABEL_JOB])
+
+    return registry

@@ -1,0 +1,103 @@
+"""What a worker pod tells us, reduced to the facts the decision function needs (pure)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from adamw_trainer.exit_codes import ExitCode, TerminationMessage
+
+from .api.constants import CONTAINER_NAME, LABEL_ATTEMPT, LABEL_RANK
+
+# Pod-level reasons and conditions that mean "the node or the scheduler took it away",
+# not "the training code failed": these restarts use the preemption budget.
+PREEMPTION_REASONS = frozenset(
+    {"Evicted", "Preempted", "Preempting", "NodeLost", "NodeShutdown", "Terminated", "Shutdown",
+     "DeletionByTaintManager", "TerminationByKubelet", "PreemptionByScheduler",
+     "EvictionByEvictionAPI", "DeletionByPodGC", "UnexpectedAdmissionError", "OutOfgpu"}
+)
+
+
+@dataclass(frozen=True)
+class WorkerObservation:
+    """One worker pod as observed: phase plus, once it ended, how it ended."""
+
+    name: str
+    rank: int
+    attempt: int
+    phase: str  # Pending, Running, Succeeded, Failed, Unknown
+    exit_code: int | None = None
+    reason: str | None = None  # container terminated reason or pod reason
+    message: str = ""
+    termination: TerminationMessage | None = None
+    deleting: bool = False
+    disrupted: bool = False  # DisruptionTarget condition or a preemption reason
+    pod_ip: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in ("Succeeded", "Failed") or self.exit_code is not None
+
+    @property
+    def failed(self) -> bool:
+        if self.phase == "Failed":
+            return True
+        return self.exit_code is not None and self.exit_code != 0
+
+    @property
+    def preempted(self) -> bool:
+        return self.disrupted or self.exit_code == ExitCode.PREEMPTED
+
+
+def _int_label(labels: dict[str, str], key: str) -> int:
+    try:
+        return int(labels.get(key, "-1"))
+    except ValueError:
+        return -1
+
+
+def observe_pod(pod: dict[str, Any]) -> WorkerObservation:
+    """Read a pod (dict as served by the API) into a WorkerObservation."""
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    status = pod.get("status") or {}
+    phase = status.get("phase") or "Pending"
+    exit_code = reason = None
+    message = ""
+    termination = None
+    for cs in status.get("containerStatuses") or []:
+        if cs.get("name") != CONTAINER_NAME:
+            continue
+        terminated = (cs.get("state") or {}).get("terminated")
+        if terminated:
+            exit_code = terminated.get("exitCode")
+            reason = terminated.get("reason")
+            message = terminated.get("message") or ""
+            if message:
+                try:
+                    termination = TerminationMessage.from_json(message)
+                except (ValueError, TypeError, json.JSONDecodeError):
+                    termination = None
+    pod_reason = status.get("reason")
+    disrupted = pod_reason in PREEMPTION_REASONS
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
+            disrupted = True
+            pod_reason = pod_reason or cond.get("reason")
+    if phase == "Failed" and pod_reason:
+        reason = pod_reason
+        message = message or status.get("message") or ""
+    return WorkerObservation(
+        name=meta.get("name", ""),
+        rank=_int_label(labels, LABEL_RANK),
+        attempt=_int_label(labels, LABEL_ATTEMPT),
+        phase=phase,
+        exit_code=exit_code,
+        reason=reason,
+        message=message,
+        termination=termination,
+        deleting=bool(meta.get("deletionTimestamp")),
+        disrupted=disrupted,
+        pod_ip=status.get("podIP"),
+    )

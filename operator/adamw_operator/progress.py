@@ -1,0 +1,100 @@
+"""Training progress from rank 0's `/status` (the pods need no API access): pure folding of
+the trainer's report into the job status, and the HTTP read itself."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from .decisions import Event
+from .status import rfc3339
+
+# The trainer names its measured save time; accept the spellings it may use.
+SAVE_TIME_KEYS = ("checkpointSaveSeconds", "lastCheckpointSaveSeconds", "checkpointSaveDurationSeconds",
+                  "lastSaveSeconds", "saveSeconds")
+
+
+def _time(value: Any) -> str | None:
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return rfc3339(datetime.fromtimestamp(value, UTC))
+    if isinstance(value, str) and value:
+        return value
+    return None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _checkpoint(ref: Any) -> dict[str, Any] | None:
+    if not isinstance(ref, dict) or not isinstance(ref.get("step"), int):
+        return None
+    out: dict[str, Any] = {"step": ref["step"]}
+    loss = _number(ref.get("loss"))
+    if loss is not None:
+        out["loss"] = round(loss, 6)
+    when = _time(ref.get("time") if "time" in ref else ref.get("timestamp"))
+    if when:
+        out["time"] = when
+    return out
+
+
+def fold_progress(
+    status: dict[str, Any], report: dict[str, Any], now: datetime
+) -> tuple[dict[str, Any], list[Event]]:
+    """The status fields to patch from a trainer report, and events (rollbacks) to post."""
+    patch: dict[str, Any] = {}
+    events: list[Event] = []
+    step = report.get("step")
+    if isinstance(step, int) and not isinstance(step, bool):
+        if step > (status.get("step") or -1) or status.get("step") is None:
+            patch["lastProgressTime"] = rfc3339(now)
+        patch["step"] = step
+    for key, name in (("loss", "loss"), ("nonfiniteRate", "nonfiniteRate"), ("tokensPerSecond", "tokensPerSecond")):
+        value = _number(report.get(key))
+        if value is not None:
+            patch[name] = round(value, 6)
+        elif key == "loss" and key in report:
+            patch[name] = None  # a NaN loss: show nothing rather than a stale number
+    for key in ("lastCheckpoint", "lastGoodCheckpoint"):
+        ref = _checkpoint(report.get(key))
+        if ref is not None:
+            patch[key] = ref
+    for key in SAVE_TIME_KEYS:
+        value = _number(report.get(key))
+        if value is not None:
+            patch["checkpointSaveSeconds"] = round(value, 3)
+            break
+    rollbacks = report.get("rollbacks")
+    if isinstance(rollbacks, int) and not isinstance(rollbacks, bool):
+        before = status.get("rollbacks") or 0
+        if rollbacks > before:
+            good = (patch.get("lastGoodCheckpoint") or status.get("lastGoodCheckpoint") or {}).get("step")
+            events.append(
+                Event("Warning", "Rollback",
+                      f"trainer rolled back to the last good checkpoint (step {good}) after "
+                      f"non-finite steps; rollbacks: {rollbacks}")
+            )
+        patch["rollbacks"] = rollbacks
+    return {k: v for k, v in patch.items() if status.get(k) != v}, events
+
+
+async def read_status(session: aiohttp.ClientSession, pod_ip: str, port: int,
+                      timeout: float = 2.0) -> dict[str, Any] | None:
+    """GET http://<pod ip>:<port>/status; None when it cannot be read (not yet up, network)."""
+    host = f"[{pod_ip}]" if ":" in pod_ip else pod_ip
+    try:
+        async with session.get(f"http://{host}:{port}/status",
+                               timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+            if resp.status != 200:
+                return None
+            data = await resp.json(content_type=None)
+            return data if isinstance(data, dict) else None
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+        return None

@@ -1,0 +1,146 @@
+"""The generated CRD: up to date, structural, documented, and it accepts/refuses what the
+pydantic model does (schema via jsonschema, cross-field rules via CEL)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+from adamw_trainer.config import ConfigError
+
+from adamw_operator.api.spec import AdamWTrainingJobSpec, parse_job
+from adamw_operator.crd import generate
+from tests.operator.crd_validation import REPO, apply_defaults, load_crd, openapi_schema, validate
+from tests.operator.jobs import job_manifest
+
+
+def test_committed_crds_match_the_generator():
+    files = generate.render()
+    for folder in generate.output_dirs(REPO):
+        for name, text in files.items():
+            path = folder / name
+            assert path.exists(), f"{path} missing: run `make crd`"
+            assert path.read_text() == text, f"{path} is stale: run `make crd`"
+
+
+def _walk(node: dict[str, Any], path: str):
+    yield path, node
+    for name, sub in (node.get("properties") or {}).items():
+        yield from _walk(sub, f"{path}.{name}")
+    if isinstance(node.get("items"), dict):
+        yield from _walk(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from _walk(node["additionalProperties"], f"{path}.*")
+
+
+def test_schema_is_structural_and_every_field_is_described():
+    schema = openapi_schema(load_crd())
+    for path, node in _walk(schema, "<root>"):
+        for banned in ("$ref", "anyOf", "oneOf", "allOf", "prefixItems", "nullable", "title"):
+            assert banned not in node, f"{path}: {banned} is not allowed in a structural schema"
+        assert "type" in node or node.get("x-kubernetes-int-or-string") \
+            or node.get("x-kubernetes-preserve-unknown-fields"), f"{path}: no type"
+        if node.get("properties"):
+            assert "additionalProperties" not in node, path
+        if not path.endswith(("[]", ".*")):
+            assert node.get("description"), f"{path}: no description (kubectl explain)"
+        if "exclusiveMinimum" in node:
+            assert isinstance(node["exclusiveMinimum"], bool), path
+
+
+def test_crd_shape():
+    crd = load_crd()
+    spec = crd["spec"]
+    assert spec["group"] == "training.adamw.io" and spec["scope"] == "Namespaced"
+    assert spec["names"]["plural"] == "adamwtrainingjobs"
+    assert set(spec["names"]["shortNames"]) == {"awj", "adamwjob"}
+    version = spec["versions"][0]
+    assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
+    columns = [c["name"] for c in version["additionalPrinterColumns"]]
+    assert columns == ["State", "Step", "Loss", "NaN-Rate", "Restarts", "Last-Checkpoint", "Age"]
+    status = openapi_schema(crd)["properties"]["status"]
+    for column in version["additionalPrinterColumns"]:
+        path = column["jsonPath"].lstrip(".").split(".")
+        if path[0] != "status":
+            continue
+        node = status
+        for part in path[1:]:
+            node = node["properties"][part]  # the column points at a real status field
+        assert node["type"] == column["type"], column
+
+
+def test_schema_defaults_equal_the_model_defaults():
+    schema = openapi_schema(load_crd())["properties"]["spec"]
+    defaulted = apply_defaults(schema, {"image": "x", "trainer": {"model": {}, "training": {}},
+                                        "restartPolicy": {}})
+    model = AdamWTrainingJobSpec.model_validate({"image": "x"})
+    assert defaulted["replicas"] == model.replicas
+    assert defaulted["progressDeadlineSeconds"] == model.progress_deadline_seconds
+    assert defaulted["restartPolicy"] == model.restart_policy.model_dump(by_alias=True, mode="json")
+    assert defaulted["trainer"]["model"] == model.trainer.model.model_dump(by_alias=True, mode="json")
+
+
+def test_valid_job_is_accepted():
+    assert validate(load_crd(), job_manifest()) == []
+
+
+def test_a_full_featured_job_is_accepted():
+    manifest = job_manifest(
+        gpusPerReplica=8, replicas=2,
+        trainer={"device": "cuda", "training": {"precision": "bf16"}},
+        resources={"requests": {"cpu": 8, "memory": "64Gi"}, "limits": {"memory": "64Gi"}},
+        pod={"nodeSelector": {"gpu": "h100"},
+             "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+             "affinity": {"nodeAffinity": {}}, "priorityClassName": "training",
+             "schedulerName": "volcano", "imagePullSecrets": [{"name": "regcred"}],
+             "env": [{"name": "NCCL_DEBUG", "value": "WARN"}],
+             "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}],
+             "volumeMounts": [{"name": "data", "mountPath": "/data", "readOnly": True}],
+             "terminationGracePeriodSeconds": 120},
+        suspend=False, activeDeadlineSeconds=86400, ttlSecondsAfterFinished=3600,
+        cleanPodPolicy="All",
+    )
+    assert validate(load_crd(), manifest) == []
+    parse_job(manifest)  # and the operator's model agrees
+
+
+# Each case is refused by the cluster (schema or CEL) AND by the pydantic model.
+REFUSED = [
+    ({"replicas": 0}, "replicas"),
+    ({"gpusPerReplica": -1}, "gpusPerReplica"),
+    ({"cleanPodPolicy": "Some"}, "cleanPodPolicy"),
+    ({"restartPolicy": {"backoffSeconds": 60, "maxBackoffSeconds": 10}}, "maxBackoffSeconds must be >="),
+    ({"trainer": {"model": {"width": 30, "heads": 4}}}, "width must be divisible by heads"),
+    ({"trainer": {"data": {"source": "text"}}}, "data.path is required"),
+    ({"trainer": {"model": {"vocabSize": 100}}}, "vocabSize >= 256"),
+    ({"trainer": {"optimizer": {"betas": [0.9, 1.0]}}}, "betas must each be in [0, 1)"),
+    ({"trainer": {"optimizer": {"lr": 0}}}, "lr"),
+    ({"gpusPerReplica": 0, "trainer": {"device": "cuda"}}, "trainer.device must match gpusPerReplica"),
+    ({"checkpointStorage": {"claimName": "a", "volumeName": "b"}}, "not both"),
+]
+
+
+@pytest.mark.parametrize(("patch", "expected"), REFUSED)
+def test_cluster_and_model_refuse_the_same_specs(patch, expected):
+    manifest = job_manifest(**patch)
+    problems = validate(load_crd(), manifest)
+    assert any(expected in p for p in problems), problems
+    if "claimName" in str(patch) or "cuda" in str(patch):
+        from adamw_operator.api.checks import runtime_problems
+
+        _, spec = parse_job(manifest)
+        assert runtime_problems(spec)  # the operator reports it as InvalidSpec
+    else:
+        with pytest.raises(ConfigError):
+            parse_job(manifest)
+
+
+def test_peering_crds_are_kopfs():
+    docs = list(yaml.safe_load_all((REPO / "crds" / "kopf-peerings.yaml").read_text()))
+    assert {d["spec"]["names"]["kind"] for d in docs} == {"KopfPeering", "ClusterKopfPeering"}
+    assert all(d["spec"]["group"] == "kopf.dev" for d in docs)
+
+
+def test_cli_check_mode(capsys):
+    assert generate.main(["--check"]) == 0
