@@ -93,7 +93,7 @@ NAN_GRAD_UNTIL_ROLLBACKS_ENV = "ADAMW_FAULT_NAN_GRAD_UNTIL_ROLLBACKS"
 
 @dataclass(frozen=True)
 class NanGradFault:
-    """Poison the gradients with NaN at chosen steps, to drive a real run into divergence.
+    """Make the loss (so the gradients) NaN at chosen steps, to drive a real run into divergence.
 
     Set `ADAMW_FAULT_NAN_GRAD_STEPS=30-60` (inclusive ranges, comma-separated) to poison
     those steps; with `ADAMW_FAULT_NAN_GRAD_UNTIL_ROLLBACKS=1` only while fewer than that
@@ -128,9 +128,6 @@ class NanGradFault:
         return any(lo <= step <= hi for lo, hi in self.ranges)
 
     @staticmethod
-    def poison(model: torch.nn.Module) -> None:
-        """Make the gradients non-finite, as an exploding loss would."""
-        for p in model.parameters():
-            if p.grad is not None:
-                p.grad.fill_(float("nan"))
-                return
+    def poison(loss: torch.Tensor) -> torch.Tensor:
+        """A NaN loss, as an exploding model gives: its gradients (all-reduced by DDP) are NaN."""
+        return loss * float("nan")

@@ -289,10 +289,10 @@ class Trainer:
             with sync:
                 with self.autocast():
                     loss = self.model(x, y) / accum
+                if self.nan_fault is not None and self.nan_fault.active(self.step, self.divergence.rollbacks):
+                    loss = self.nan_fault.poison(loss)  # injected fault (tests): see divergence.py
                 self.optimizer.scale_loss(loss).backward()
             step_loss += loss.detach()
-        if self.nan_fault is not None and self.nan_fault.active(self.step, self.divergence.rollbacks):
-            self.nan_fault.poison(self.raw_model)  # injected fault (tests): see divergence.py
         self.optimizer.step()
         torch.maximum(self._longest_streak, self.optimizer.consecutive_nonfinite, out=self._longest_streak)
         self.last_step_loss = step_loss
@@ -498,7 +498,8 @@ class Trainer:
 
     def maybe_checkpoint(self) -> None:
         """Save (in the background) when `checkpoint.intervalSteps/intervalSeconds` say so."""
-        if self.checkpoints.due(self.step, self.cfg.training.max_steps):
+        due = self.checkpoints.due(self.step, self.cfg.training.max_steps)
+        if due and not self.checkpoints.saved_current(self.step):  # e.g. right after a rollback
             self.checkpoints.save(self._checkpoint_meta(), self._capture)
 
     def on_interval(self, counters: IntervalCounters) -> ExitCode | None:
