@@ -554,10 +554,9 @@ class Trainer:
             return ExitCode.PREEMPTED
         self.status.update(phase="Failed")
         self.checkpoints.abandon_writes = True  # do not outlive the grace period waiting on it
-        self.exit_message = (
-            f"{signal_name} at step {self.step} but {detail}; work since the last good "
-            f"checkpoint (step {self.checkpoints.last_good_step}) is lost"
-        )
+        good = self.checkpoints.last_good_step
+        since = f"the last good checkpoint (step {good})" if good is not None else "the start"
+        self.exit_message = f"{signal_name} at step {self.step} but {detail}; work since {since} is lost"
         return PREEMPTION_SAVE_FAILED_EXIT_CODE
 
     def finish(self) -> int | None:

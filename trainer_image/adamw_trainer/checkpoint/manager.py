@@ -200,7 +200,10 @@ class CheckpointManager:
             return True, ""
         started = time.monotonic()
         if not self.writer.wait(budget_seconds):
-            return False, f"an earlier checkpoint write did not finish within {budget_seconds:.1f}s"
+            return False, (
+                f"an earlier checkpoint write did not finish within the {budget_seconds:.1f}s "
+                f"budget (checkpoint.preemptionSaveTimeoutSeconds)"
+            )
         if self._saved_step == meta.step:
             return True, f"checkpoint step-{meta.step} was already saved"
         left = max(0.0, budget_seconds - (time.monotonic() - started))
