@@ -277,7 +277,10 @@ def decide(
         if spec.active_deadline_seconds:
             plan.requeue(spec.active_deadline_seconds)
 
-    running = len(current) == spec.replicas and all(w.phase == "Running" for w in current)
+    # Workers that already finished cleanly wait for their peers: still a running job.
+    running = len(current) == spec.replicas and all(
+        w.phase == "Running" or w.exit_code == 0 for w in current
+    )
     if running:
         if st.get("phase") != "Running":
             st["lastProgressTime"] = rfc3339(now)  # the hang clock starts when all run

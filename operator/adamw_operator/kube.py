@@ -94,7 +94,7 @@ class KubeClient:
                         return json.loads(text) if text else None
                     if resp.status not in RETRY_STATUSES or attempt == self.retries:
                         raise ApiError(resp.status, text, f"{method} {path}")
-            except (aiohttp.ClientConnectionError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientConnectionError):
                 if attempt == self.retries:
                     raise
             await asyncio.sleep(delay)

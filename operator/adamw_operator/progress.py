@@ -3,7 +3,6 @@ the trainer's report into the job status, and the HTTP read itself."""
 
 from __future__ import annotations
 
-import asyncio
 import math
 from datetime import UTC, datetime
 from typing import Any
@@ -96,5 +95,5 @@ async def read_status(session: aiohttp.ClientSession, pod_ip: str, port: int,
                 return None
             data = await resp.json(content_type=None)
             return data if isinstance(data, dict) else None
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+    except (TimeoutError, aiohttp.ClientError, ValueError):
         return None

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 import yaml
-from adamw_trainer.config import ConfigError
-
 from adamw_operator.api.spec import AdamWTrainingJobSpec, parse_job
 from adamw_operator.crd import generate
+from adamw_trainer.config import ConfigError
+
 from tests.operator.crd_validation import REPO, apply_defaults, load_crd, openapi_schema, validate
 from tests.operator.jobs import job_manifest
 

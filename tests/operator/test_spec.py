@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from adamw_trainer.config import ConfigError
-
 from adamw_operator.api.checks import runtime_problems
 from adamw_operator.api.spec import parse_job, parse_spec
+from adamw_trainer.config import ConfigError
 
 from tests.operator.jobs import job_manifest
 

@@ -78,13 +78,20 @@ def dns_names(pod: Pod) -> list[str]:
 
 
 def rewrite(text: str, mounts: Mapping[str, Path | str], hosts: Mapping[str, str] | None = None) -> str:
-    """Replace mount paths (at path boundaries) and cluster DNS names (whole names) in `text`."""
-    for mount_path in sorted(mounts, key=len, reverse=True):
-        local = str(mounts[mount_path])
-        pattern = re.compile(r"(?<![\w.-])" + re.escape(mount_path.rstrip("/")) + r"(?=/|$|[\s\"',:;}\]])")
-        text = pattern.sub(lambda _m, local=local: local, text)
-    for name in sorted(hosts or {}, key=len, reverse=True):
-        text = re.sub(r"(?<![\w.-])" + re.escape(name) + r"(?![\w-]|\.[\w-])", (hosts or {})[name], text)
+    """Replace mount paths (at path boundaries) and cluster DNS names (whole names) in `text`.
+
+    One pass per kind, so a local directory that itself lies under a mount path (say the
+    pods' directories under /tmp and an emptyDir mounted at /tmp) is never rewritten twice.
+    """
+    if mounts:
+        by_path = {m.rstrip("/") or "/": str(local) for m, local in mounts.items()}
+        alternatives = "|".join(re.escape(m) for m in sorted(by_path, key=len, reverse=True))
+        pattern = re.compile(r"(?<![\w.-])(" + alternatives + r")(?=/|$|[\s\"',:;}\]])")
+        text = pattern.sub(lambda m: by_path[m.group(1)], text)
+    if hosts:
+        alternatives = "|".join(re.escape(h) for h in sorted(hosts, key=len, reverse=True))
+        pattern = re.compile(r"(?<![\w.-])(" + alternatives + r")(?![\w-]|\.[\w-])")
+        text = pattern.sub(lambda m: hosts[m.group(1)], text)
     return text
 
 
@@ -175,7 +182,7 @@ def prepare_pod(
     command = list(container.get("command") or []) + list(container.get("args") or [])
     if not command:
         raise PodSpecError(f"pod {meta['name']}: the container has no command; local runs need one")
-    argv = [rewrite(arg, mounts, all_hosts) for arg in command]
+    argv = [expand_env_references(rewrite(arg, mounts, all_hosts), env) for arg in command]
     argv[0] = _resolve_executable(argv[0], env["PATH"])
     cwd = Path(rewrite(container["workingDir"], mounts)) if container.get("workingDir") else pod_dir
     grace = float(spec.get("terminationGracePeriodSeconds", 30))
@@ -224,6 +231,16 @@ def _downward(pod: Pod, value_from: Mapping[str, Any], pod_ip: str) -> str:
     if field_path and (m := re.fullmatch(r"metadata\.(labels|annotations)\['([^']+)'\]", field_path)):
         return str((meta.get(m.group(1)) or {}).get(m.group(2), ""))
     raise PodSpecError(f"env valueFrom {dict(value_from)!r} is not supported locally")
+
+
+def expand_env_references(text: str, env: Mapping[str, str]) -> str:
+    """Kubernetes expands `$(VAR)` in command and args from the container env; `$$` escapes."""
+    def one(match: re.Match[str]) -> str:
+        if match.group(0).startswith("$$"):
+            return match.group(0)[1:]
+        return env.get(match.group(1), match.group(0))
+
+    return re.sub(r"\$?\$\(([A-Za-z_][A-Za-z0-9_]*)\)", one, text)
 
 
 def _resolve_executable(name: str, path: str) -> str:

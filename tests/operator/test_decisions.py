@@ -1,0 +1,277 @@
+"""The decision function, case by case: what a user would see happen to their job."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from adamw_operator.api.spec import parse_spec
+from adamw_operator.decisions import backoff_seconds, decide
+from adamw_operator.observe import WorkerObservation
+from adamw_operator.status import get_condition, rfc3339
+from adamw_trainer.exit_codes import TerminationMessage
+
+from tests.operator.jobs import job_manifest
+
+NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def spec_of(**overrides):
+    return parse_spec(job_manifest(**overrides)["spec"])
+
+
+def worker(rank, attempt=0, phase="Running", exit_code=None, *, disrupted=False, deleting=False,
+           step=None, good=None, message=""):
+    termination = None
+    if step is not None or good is not None:
+        termination = TerminationMessage(reason="x", exit_code=exit_code or 0, step=step or 0,
+                                         last_good_checkpoint_step=good, message=message)
+    if exit_code is not None and phase == "Running":
+        phase = "Succeeded" if exit_code == 0 else "Failed"
+    return WorkerObservation(name=f"demo-worker-{rank}", rank=rank, attempt=attempt, phase=phase,
+                             exit_code=exit_code, termination=termination, disrupted=disrupted,
+                             deleting=deleting, pod_ip=f"10.0.0.{rank + 1}")
+
+
+def running_status(**extra):
+    status = {"phase": "Running", "attempt": 0, "restarts": 0, "preemptions": 0,
+              "startTime": rfc3339(NOW - timedelta(minutes=5)),
+              "lastProgressTime": rfc3339(NOW - timedelta(seconds=5))}
+    status.update(extra)
+    return status
+
+
+def test_new_job_creates_every_rank():
+    plan = decide(spec=spec_of(), status=None, workers=[], now=NOW, generation=1)
+    assert plan.create_ranks == [0, 1]
+    assert plan.status["phase"] == "Pending" and plan.status["attempt"] == 0
+    assert plan.status["startTime"] == rfc3339(NOW)
+    assert plan.status["observedGeneration"] == 1
+
+
+def test_all_running_is_running_and_starts_the_hang_clock():
+    plan = decide(spec=spec_of(), status={"phase": "Pending", "attempt": 0},
+                  workers=[worker(0), worker(1)], now=NOW)
+    assert plan.create_ranks == [] and plan.delete_pods == []
+    assert plan.status["phase"] == "Running"
+    assert plan.status["lastProgressTime"] == rfc3339(NOW)
+    assert get_condition(plan.status, "Running")["status"] == "True"
+
+
+def test_crash_gang_restarts_with_backoff():
+    spec = spec_of(restartPolicy={"backoffSeconds": 10, "maxBackoffSeconds": 300})
+    plan = decide(spec=spec, status=running_status(lastCheckpoint={"step": 20}),
+                  workers=[worker(0), worker(1, exit_code=1)], now=NOW)
+    st = plan.status
+    assert st["attempt"] == 1 and st["restarts"] == 1 and st["preemptions"] == 0
+    assert st["phase"] == "Restarting"
+    assert sorted(plan.delete_pods) == ["demo-worker-0", "demo-worker-1"]  # the whole gang
+    assert plan.create_ranks == []
+    assert st["restartAfterTime"] == rfc3339(NOW + timedelta(seconds=10))
+    assert plan.requeue_after == 10
+    assert st["lastFailure"]["rank"] == 1 and st["lastFailure"]["exitCode"] == 1
+    assert [e.reason for e in plan.events] == ["CrashedRestart"]
+    assert "checkpoint step 20" in plan.events[0].message
+
+
+def test_backoff_waits_then_recreates_as_next_attempt():
+    spec = spec_of(restartPolicy={"backoffSeconds": 10, "maxBackoffSeconds": 300})
+    status = running_status(phase="Restarting", attempt=1, restarts=1,
+                            restartAfterTime=rfc3339(NOW + timedelta(seconds=4)))
+    waiting = decide(spec=spec, status=status, workers=[], now=NOW)
+    assert waiting.create_ranks == [] and waiting.status["phase"] == "Restarting"
+    assert waiting.requeue_after == pytest.approx(4)
+    later = decide(spec=spec, status=status, workers=[], now=NOW + timedelta(seconds=5))
+    assert later.create_ranks == [0, 1]
+    assert "restartAfterTime" not in later.status
+
+
+def test_old_attempt_pods_block_their_names_until_gone():
+    status = running_status(phase="Restarting", attempt=1, restarts=1)
+    plan = decide(spec=spec_of(), status=status,
+                  workers=[worker(0, attempt=0, exit_code=143, deleting=True), worker(1, attempt=0, exit_code=1)],
+                  now=NOW)
+    assert plan.create_ranks == []  # same deterministic names: wait for the old ones to go
+    assert plan.delete_pods == ["demo-worker-1"]  # the one not yet being deleted
+    assert plan.status["restarts"] == 1  # an old attempt's failure is never counted again
+    plan = decide(spec=spec_of(), status=status, workers=[worker(1, attempt=0, deleting=True)], now=NOW)
+    assert plan.create_ranks == [0]
+
+
+def test_deciding_twice_on_the_same_world_restarts_once():
+    spec = spec_of()
+    workers = [worker(0), worker(1, exit_code=1)]
+    first = decide(spec=spec, status=running_status(), workers=workers, now=NOW)
+    second = decide(spec=spec, status=first.status, workers=workers, now=NOW)
+    assert second.status["restarts"] == 1 and second.status["attempt"] == 1
+    assert second.events == []
+
+
+def test_invalid_config_fails_at_once():
+    plan = decide(spec=spec_of(), status=running_status(),
+                  workers=[worker(0, exit_code=2, step=0, message="training.maxSteps: bad"),
+                           worker(1, exit_code=2)], now=NOW)
+    st = plan.status
+    assert st["phase"] == "Failed" and st["restarts"] == 0 and st["attempt"] == 0
+    failed = get_condition(st, "Failed")
+    assert failed["status"] == "True" and failed["reason"] == "InvalidConfig"
+    assert "training.maxSteps: bad" in failed["message"]
+    assert st["completionTime"] == rfc3339(NOW)
+
+
+@pytest.mark.parametrize(("policy", "phase", "restarts"), [("Fail", "Failed", 0), ("Restart", "Restarting", 1)])
+def test_divergence_follows_the_policy(policy, phase, restarts):
+    spec = spec_of(restartPolicy={"onDivergence": policy, "backoffSeconds": 0, "maxBackoffSeconds": 0})
+    plan = decide(spec=spec, status=running_status(lastGoodCheckpoint={"step": 30}),
+                  workers=[worker(0, exit_code=3), worker(1)], now=NOW)
+    assert plan.status["phase"] == phase and plan.status["restarts"] == restarts
+
+
+@pytest.mark.parametrize("failed", [worker(1, exit_code=143), worker(1, exit_code=137, disrupted=True)])
+def test_preemption_uses_its_own_budget_without_backoff(failed):
+    spec = spec_of(restartPolicy={"backoffSeconds": 30, "maxBackoffSeconds": 300})
+    plan = decide(spec=spec, status=running_status(restarts=2), workers=[worker(0), failed], now=NOW)
+    st = plan.status
+    assert st["preemptions"] == 1 and st["restarts"] == 2 and st["attempt"] == 1
+    assert "restartAfterTime" not in st and plan.requeue_after == 0
+    assert plan.events[0].reason == "PreemptedRestart"
+
+
+def test_preempted_peer_explains_the_others_crash():
+    plan = decide(spec=spec_of(), status=running_status(),
+                  workers=[worker(0, exit_code=1), worker(1, exit_code=143, disrupted=True)], now=NOW)
+    assert plan.status["preemptions"] == 1 and plan.status["restarts"] == 0
+
+
+def test_pod_that_vanished_while_running_is_a_preemption():
+    plan = decide(spec=spec_of(), status=running_status(), workers=[worker(0)], now=NOW)
+    assert plan.status["preemptions"] == 1 and plan.status["lastFailure"]["reason"] == "PodLost"
+    assert plan.delete_pods == ["demo-worker-0"] and plan.create_ranks == []
+
+
+def test_restart_budget_exhausted_fails():
+    spec = spec_of(restartPolicy={"maxRestarts": 2, "backoffSeconds": 0, "maxBackoffSeconds": 0})
+    plan = decide(spec=spec, status=running_status(restarts=2), workers=[worker(0, exit_code=1), worker(1)], now=NOW)
+    assert plan.status["phase"] == "Failed"
+    assert get_condition(plan.status, "Failed")["reason"] == "RestartLimitExceeded"
+    assert plan.delete_pods == ["demo-worker-1"]  # cleanPodPolicy Running: stop the survivor
+
+
+def test_preemption_budget_exhausted_fails():
+    spec = spec_of(restartPolicy={"maxPreemptions": 1, "backoffSeconds": 0, "maxBackoffSeconds": 0})
+    plan = decide(spec=spec, status=running_status(preemptions=1),
+                  workers=[worker(0, exit_code=143), worker(1)], now=NOW)
+    assert get_condition(plan.status, "Failed")["reason"] == "PreemptionLimitExceeded"
+
+
+def test_restarts_that_do_not_advance_the_checkpoint_end_as_no_progress():
+    spec = spec_of(restartPolicy={"maxRestarts": 10, "maxRestartsWithoutProgress": 3,
+                                  "backoffSeconds": 0, "maxBackoffSeconds": 0})
+    status = running_status(lastCheckpoint={"step": 40})
+    reasons = []
+    for attempt in range(4):
+        status["phase"] = "Running"
+        plan = decide(spec=spec, status=status,
+                      workers=[worker(0, attempt=attempt, exit_code=1), worker(1, attempt=attempt)], now=NOW)
+        status = plan.status
+        reasons.append(status["phase"])
+    # restart 1 moved the checkpoint from "none" to 40; restarts 2 and 3 did not, the 4th fails
+    assert reasons == ["Restarting", "Restarting", "Restarting", "Failed"]
+    assert get_condition(status, "Failed")["reason"] == "NoProgress"
+
+
+def test_progress_between_restarts_resets_the_no_progress_count():
+    spec = spec_of(restartPolicy={"maxRestarts": 10, "maxRestartsWithoutProgress": 2,
+                                  "backoffSeconds": 0, "maxBackoffSeconds": 0})
+    status = running_status(lastCheckpoint={"step": 10}, checkpointStepAtLastRestart=10,
+                            restartsWithoutProgress=1)
+    status["lastCheckpoint"] = {"step": 20}
+    plan = decide(spec=spec, status=status, workers=[worker(0, exit_code=1), worker(1)], now=NOW)
+    assert plan.status["phase"] == "Restarting" and plan.status["restartsWithoutProgress"] == 0
+    assert plan.status["checkpointStepAtLastRestart"] == 20
+
+
+def test_success_needs_every_worker_to_exit_zero():
+    one_failed = decide(spec=spec_of(), status=running_status(),
+                        workers=[worker(0, exit_code=0), worker(1, exit_code=1)], now=NOW)
+    assert one_failed.status["phase"] == "Restarting"
+    one_running = decide(spec=spec_of(), status=running_status(),
+                         workers=[worker(0, exit_code=0), worker(1)], now=NOW)
+    assert one_running.status["phase"] == "Running"
+    done = decide(spec=spec_of(), status=running_status(step=39),
+                  workers=[worker(0, exit_code=0), worker(1, exit_code=0)], now=NOW)
+    assert done.status["phase"] == "Succeeded" and done.status["step"] == 40
+    assert get_condition(done.status, "Succeeded")["status"] == "True"
+    assert done.delete_pods == []  # finished pods stay for their logs (cleanPodPolicy Running)
+
+
+def test_exit_zero_before_max_steps_is_not_success():
+    plan = decide(spec=spec_of(), status=running_status(),
+                  workers=[worker(0, exit_code=0, step=12), worker(1, exit_code=0, step=12)], now=NOW)
+    assert plan.status["phase"] == "Restarting"
+    assert plan.status["lastFailure"]["reason"] == "ExitedEarly"
+
+
+def test_no_step_progress_past_the_deadline_is_a_hang():
+    spec = spec_of(progressDeadlineSeconds=60)
+    fine = decide(spec=spec, status=running_status(lastProgressTime=rfc3339(NOW - timedelta(seconds=50))),
+                  workers=[worker(0), worker(1)], now=NOW)
+    assert fine.status["phase"] == "Running" and fine.requeue_after == pytest.approx(10)
+    hung = decide(spec=spec, status=running_status(lastProgressTime=rfc3339(NOW - timedelta(seconds=61))),
+                  workers=[worker(0), worker(1)], now=NOW)
+    assert hung.status["lastFailure"]["reason"] == "Hung" and hung.status["restarts"] == 1
+    assert sorted(hung.delete_pods) == ["demo-worker-0", "demo-worker-1"]
+    assert hung.events[0].reason == "HungRestart"
+
+
+def test_suspend_deletes_pods_and_keeps_status_then_resumes():
+    status = running_status(restarts=1, lastCheckpoint={"step": 30})
+    suspended = decide(spec=spec_of(suspend=True), status=status, workers=[worker(0), worker(1)], now=NOW)
+    st = suspended.status
+    assert st["phase"] == "Suspended" and sorted(suspended.delete_pods) == ["demo-worker-0", "demo-worker-1"]
+    assert st["restarts"] == 1 and st["lastCheckpoint"] == {"step": 30}
+    assert get_condition(st, "Suspended")["status"] == "True"
+    resumed = decide(spec=spec_of(suspend=False), status=st, workers=[], now=NOW)
+    assert resumed.create_ranks == [0, 1] and resumed.status["restarts"] == 1
+    assert get_condition(resumed.status, "Suspended")["status"] == "False"
+    assert [e.reason for e in resumed.events] == ["Resumed"]
+
+
+def test_active_deadline_fails_the_job():
+    plan = decide(spec=spec_of(activeDeadlineSeconds=60),
+                  status=running_status(startTime=rfc3339(NOW - timedelta(seconds=61))),
+                  workers=[worker(0), worker(1)], now=NOW)
+    assert get_condition(plan.status, "Failed")["reason"] == "DeadlineExceeded"
+    assert sorted(plan.delete_pods) == ["demo-worker-0", "demo-worker-1"]
+
+
+def test_ttl_deletes_the_finished_job_when_due():
+    status = {"phase": "Succeeded", "attempt": 0, "completionTime": rfc3339(NOW - timedelta(seconds=30))}
+    early = decide(spec=spec_of(ttlSecondsAfterFinished=60), status=status, workers=[], now=NOW)
+    assert not early.delete_job and early.requeue_after == pytest.approx(30)
+    due = decide(spec=spec_of(ttlSecondsAfterFinished=60), status=status, workers=[],
+                 now=NOW + timedelta(seconds=31))
+    assert due.delete_job
+
+
+def test_finished_job_never_restarts():
+    status = {"phase": "Failed", "attempt": 2, "restarts": 2}
+    plan = decide(spec=spec_of(), status=status, workers=[worker(0, attempt=2, exit_code=1)], now=NOW)
+    assert plan.create_ranks == [] and plan.status["restarts"] == 2 and plan.events == []
+
+
+def test_invalid_spec_creates_and_deletes_nothing():
+    spec = spec_of(checkpointStorage={"volumeName": "missing"})
+    plan = decide(spec=spec, status=running_status(), workers=[worker(0), worker(1, exit_code=1)], now=NOW)
+    assert plan.create_ranks == [] and plan.delete_pods == []
+    cond = get_condition(plan.status, "InvalidSpec")
+    assert cond["status"] == "True" and "volumeName: 'missing'" in cond["message"]
+    assert plan.events[0].reason == "InvalidSpec"
+    again = decide(spec=spec, status=plan.status, workers=[], now=NOW)
+    assert again.events == []  # the same problem is reported once
+
+
+@pytest.mark.parametrize(("restarts", "expected"), [(1, 10), (2, 20), (3, 40), (6, 300), (20, 300)])
+def test_backoff_is_exponential_and_capped(restarts, expected):
+    spec = spec_of(restartPolicy={"backoffSeconds": 10, "maxBackoffSeconds": 300})
+    assert backoff_seconds(spec, restarts) == expected
