@@ -32,9 +32,9 @@ def fast_settings(settings: kopf.OperatorSettings, *, post_events: bool = False)
     settings.posting.enabled = post_events
     settings.watching.reconnect_backoff = 0.1
     settings.networking.error_backoffs = [0.1, 0.2, 0.5]
-    settings.batching.idle_timeout = 0.1
-    settings.batching.batch_window = 0.01
-    settings.batching.exit_timeout = 2.0
+    settings.queueing.idle_timeout = 0.5
+    settings.queueing.exit_timeout = 2.0
+    settings.queueing.error_delays = [0.1, 0.2, 0.5, 1.0]
     return settings
 
 
@@ -67,6 +67,7 @@ class RunningOperator:
     registry: kopf.OperatorRegistry
     settings: kopf.OperatorSettings
     stop_flag: asyncio.Event
+    memo: object | None
 
 
 @contextlib.asynccontextmanager
@@ -108,7 +109,7 @@ async def run_operator(
     ))
     try:
         await _wait_ready(api, task, ready_flag, list(wait_for_watches), ready_timeout)
-        yield RunningOperator(task=task, registry=registry, settings=settings, stop_flag=stop_flag)
+        yield RunningOperator(task=task, registry=registry, settings=settings, stop_flag=stop_flag, memo=memo)
     finally:
         stop_flag.set()
         try:
