@@ -1,0 +1,204 @@
+"""The Helm chart, rendered by the real helm and checked with the real validators."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import jsonschema
+import pytest
+import yaml
+
+from adamw_operator.cli import build_parser
+
+from .helm import ALL_ON, CHART, KUBE_VERSIONS, MONITORING_APIS, by_kind, helm, render, template_text
+from .monitoring_schemas import SCHEMAS
+
+MONITORING_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+
+
+def _monitoring(docs):
+    kinds = {d["kind"] for d in docs} & MONITORING_KINDS
+    dashboards = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-dashboard")]
+    return kinds | ({"Dashboard"} if dashboards else set())
+
+
+def test_lint_strict_default_and_all_features():
+    helm("lint", "--strict", str(CHART))
+    helm("lint", "--strict", str(CHART), *ALL_ON)
+
+
+@pytest.mark.parametrize("features", ["default", "all-on"])
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+def test_rendered_manifests_pass_kubernetes_validate(kube_version, features):
+    args = ALL_ON if features == "all-on" else []
+    apis = MONITORING_APIS if features == "all-on" else []
+    text = template_text(*args, kube_version=kube_version, apis=apis)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kubernetes_validate", "--strict", "-k", kube_version, "-"],
+        input=text, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # Custom resources are only warned about by kubernetes-validate: they are checked below.
+    kinds = {d["kind"] for d in yaml.safe_load_all(text) if d}
+    assert {"Deployment", "ServiceAccount", "Service", "ClusterRole", "CustomResourceDefinition"} <= kinds
+
+
+def test_custom_resources_match_their_api_structure():
+    docs = render(*ALL_ON, apis=MONITORING_APIS)
+    seen = set()
+    for doc in docs:
+        if doc["kind"] in SCHEMAS:
+            assert doc["apiVersion"] == "monitoring.coreos.com/v1"
+            jsonschema.validate(doc, SCHEMAS[doc["kind"]])
+            seen.add(doc["kind"])
+    assert seen == MONITORING_KINDS
+
+
+def test_monitoring_objects_follow_the_prometheus_operator_api():
+    assert _monitoring(render()) == set(), "auto must render nothing where the API is absent"
+    assert _monitoring(render(apis=MONITORING_APIS)) == MONITORING_KINDS | {"Dashboard"}
+    off = ["--set", "serviceMonitor.enabled=false", "--set", "podMonitor.enabled=false",
+           "--set", "prometheusRule.enabled=false", "--set", "grafanaDashboard.enabled=false"]
+    assert _monitoring(render(*off, apis=MONITORING_APIS)) == set()
+    forced = ["--set", "podMonitor.enabled=true", "--set", "prometheusRule.enabled=true"]
+    assert _monitoring(render(*forced)) == {"PodMonitor", "PrometheusRule"}
+
+
+def _rules(role):
+    return {(g, r): set(rule["verbs"]) for rule in role["rules"]
+            for g in rule["apiGroups"] for r in rule["resources"]}
+
+
+def test_rbac_cluster_wide_by_default():
+    docs = render()
+    assert by_kind(docs, "Role") == [] and by_kind(docs, "RoleBinding") == []
+    (cluster_role,) = by_kind(docs, "ClusterRole")
+    rules = _rules(cluster_role)
+    assert rules[("", "pods")] == {"get", "list", "watch", "create", "delete"}
+    assert rules[("training.adamw.io", "adamwtrainingjobs/status")] == {"get", "patch"}
+    assert rules[("apiextensions.k8s.io", "customresourcedefinitions")] == {"list", "watch"}
+    # Least privilege: nothing the operator never does.
+    all_verbs = set().union(*rules.values())
+    assert not all_verbs & {"*", "escalate", "bind", "impersonate", "deletecollection"}
+    assert ("", "secrets") not in rules
+    (binding,) = by_kind(docs, "ClusterRoleBinding")
+    assert binding["subjects"][0]["name"] == by_kind(docs, "ServiceAccount")[0]["metadata"]["name"]
+
+
+def test_rbac_namespaced_when_namespaces_are_listed():
+    docs = render("--set", "watch.namespaces={team-a,team-b}")
+    roles = by_kind(docs, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    assert sorted(b["metadata"]["namespace"] for b in by_kind(docs, "RoleBinding")) == ["team-a", "team-b"]
+    for role in roles:
+        assert _rules(role)[("", "pods")] == {"get", "list", "watch", "create", "delete"}
+    (cluster_role,) = by_kind(docs, "ClusterRole")
+    # Cluster-wide only the CRD discovery Kopf always does: no pods, no jobs, no namespaces.
+    assert set(_rules(cluster_role)) == {("apiextensions.k8s.io", "customresourcedefinitions")}
+    (pod_monitor,) = by_kind(render("--set", "watch.namespaces={team-a,team-b}", apis=MONITORING_APIS), "PodMonitor")
+    assert pod_monitor["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
+
+
+def _args(docs):
+    (deployment,) = by_kind(docs, "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return deployment, container, container["args"]
+
+
+def test_deployment_args_are_accepted_by_the_operator_cli():
+    _, _, args = _args(render())
+    parsed = build_parser().parse_args(args)
+    assert parsed.all_namespaces and parsed.standalone and parsed.peering is None
+    _, _, args = _args(render(*ALL_ON))
+    parsed = build_parser().parse_args(args)
+    assert parsed.namespace == ["team-a", "team-b"] and parsed.peering == "adamw-operator"
+    assert not parsed.all_namespaces
+
+
+def test_deployment_is_locked_down_and_probed():
+    deployment, container, args = _args(render())
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    assert f"--liveness-port={ports['healthz']}" in args and f"--metrics-port={ports['metrics']}" in args
+    # One replica without peering: never two operators at once, even during an update.
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    deployment, _, _ = _args(render(*ALL_ON))
+    assert deployment["spec"]["replicas"] == 2 and "strategy" not in deployment["spec"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["ADAMW_DEFAULT_TRAINER_IMAGE"] == "ghcr.io/adamw-operator/adamw-trainer:0.1.0"
+
+
+def test_peering_objects_follow_the_watch_scope():
+    docs = render("--set", "peering.enabled=true")
+    (peering,) = by_kind(docs, "ClusterKopfPeering")
+    assert peering["apiVersion"] == "kopf.dev/v1" and peering["metadata"]["name"] == "adamw-operator"
+    docs = render(*ALL_ON)
+    assert sorted(p["metadata"]["namespace"] for p in by_kind(docs, "KopfPeering")) == ["team-a", "team-b"]
+    assert by_kind(render(), "ClusterKopfPeering") == []
+
+
+def test_bad_values_are_refused_with_the_key_named():
+    proc = helm("template", "rel", str(CHART), "--set", "replicaCount=2", check=False)
+    assert proc.returncode != 0 and "peering.enabled" in proc.stderr
+    proc = helm("template", "rel", str(CHART), "--set", "serviceMonitr.enabled=true", check=False)
+    assert proc.returncode != 0 and "serviceMonitr" in proc.stderr
+    proc = helm("template", "rel", str(CHART), "--set", "podMonitor.enabled=maybe", check=False)
+    assert proc.returncode != 0 and "podMonitor" in proc.stderr
+
+
+def test_prometheus_rule_embeds_the_tested_rules_file():
+    source = yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
+    (rule,) = by_kind(render(apis=MONITORING_APIS), "PrometheusRule")
+    assert rule["spec"]["groups"] == source["groups"]
+    # Without the operator's ServiceMonitor its alerts would fire forever: they are left out.
+    (rule,) = by_kind(render("--set", "serviceMonitor.enabled=false", apis=MONITORING_APIS), "PrometheusRule")
+    assert [g["name"] for g in rule["spec"]["groups"]] == ["adamw-training.rules", "adamw-training.alerts"]
+
+
+def test_prometheus_rule_values_are_applied():
+    (rule,) = by_kind(render(
+        "--set", "prometheusRule.alertLabels.team=ml", "--set", "prometheusRule.alertLabels.severity=info",
+        "--set", "prometheusRule.disabledAlerts={AdamWOverfitting}",
+        "--set", "prometheusRule.runbookBaseUrl=https://wiki.example.com/runbooks",
+        apis=MONITORING_APIS), "PrometheusRule")
+    alerts = [r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
+    names = {a["alert"] for a in alerts}
+    assert "AdamWOverfitting" not in names and "AdamWNonFiniteStepsHigh" in names
+    for alert in alerts:
+        assert alert["labels"]["team"] == "ml"
+        assert alert["labels"]["severity"] in ("warning", "critical"), "a rule's own severity wins"
+        assert alert["annotations"]["runbook_url"] == f"https://wiki.example.com/runbooks#{alert['alert'].lower()}"
+
+
+def test_pod_monitor_scrapes_trainers_and_names_the_job():
+    (pm,) = by_kind(render(apis=MONITORING_APIS), "PodMonitor")
+    assert pm["spec"]["selector"]["matchExpressions"] == [{"key": "training.adamw.io/job-name", "operator": "Exists"}]
+    assert pm["spec"]["namespaceSelector"] == {"any": True}
+    relabel = pm["spec"]["podMetricsEndpoints"][0]["relabelings"]
+    assert {"sourceLabels": ["__meta_kubernetes_pod_label_training_adamw_io_job_name"],
+            "targetLabel": "job_name", "action": "replace"} in relabel
+
+
+def test_dashboard_config_map_carries_the_dashboard():
+    docs = render("--set", "grafanaDashboard.namespace=monitoring", apis=MONITORING_APIS)
+    (cm,) = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-dashboard")]
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["namespace"] == "monitoring"
+    dashboard = json.loads(cm["data"]["adamw-training.json"])
+    assert dashboard == json.loads((CHART / "files" / "dashboard.json").read_text())
+    assert dashboard["uid"] == "adamw-training"
+
+
+def test_chart_crds_are_the_generated_ones():
+    crds = {p.name for p in (CHART / "crds").glob("*.yaml")}
+    assert "adamwtrainingjobs.training.adamw.io.yaml" in crds, "run `make crd`"
+    names = {d["metadata"]["name"] for d in by_kind(render(), "CustomResourceDefinition")}
+    assert {"adamwtrainingjobs.training.adamw.io", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"} <= names
