@@ -26,7 +26,8 @@ import itertools
 import logging
 from typing import Any
 
-from tests.kube import pod_status
+from adamw_operator.local import pod_status
+
 from tests.kube.emulator import KubeAPI
 from tests.kube.store import PODS, ApiError, Obj, WatchEvent
 

@@ -25,9 +25,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from adamw_operator.local import pod_status
 from adamw_operator.local.pod_process import LocalProcess, PodSpecError, dns_names, prepare_pod
 
-from tests.kube import pod_status
 from tests.kube.emulator import KubeAPI
 from tests.kube.kubelet import KubeletBase
 from tests.kube.store import CONFIGMAPS, PODS, Obj

@@ -1,12 +1,22 @@
-"""Pod status objects as a kubelet writes them (Running, terminated), shared by both kubelets."""
+"""Pod status objects as a kubelet writes them (Running, terminated).
+
+The local runner keeps one such status per worker so the operator's own `observe_pod`
+reads local processes exactly as it reads pods; the tests' kubelets write the same
+objects into the API emulator.
+"""
 
 from __future__ import annotations
 
 import copy
+import datetime
 import uuid
 from typing import Any
 
-from tests.kube.store import Obj, now_iso
+Obj = dict[str, Any]
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 _KEPT_CONDITIONS = {"DisruptionTarget"}  # set by the API server/scheduler, not the kubelet
 
@@ -82,7 +92,9 @@ def pending_reason(pod: Obj, reason: str, message: str) -> Obj:
     return status
 
 
-def set_status(new_status: Any):  # noqa: ANN201 - a store.update change function
+def set_status(new_status: Any):  # noqa: ANN201
+    """A change function for the emulator store: replace the pod's status."""
+
     def change(pod: Obj) -> Obj:
         pod["status"] = new_status
         return pod
