@@ -59,6 +59,7 @@ class Controller:
         poll_interval: float = 10.0,
         resync_interval: float = 60.0,
         tick: float = 0.1,
+        rejected_retry_seconds: float = 30.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ):
         self.kube = kube
@@ -66,6 +67,7 @@ class Controller:
         self.poll_interval = poll_interval
         self.resync_interval = resync_interval
         self.tick = tick
+        self.rejected_retry_seconds = rejected_retry_seconds
         self.clock = clock
         self._locks: dict[Key, asyncio.Lock] = {}
         self._dirty: set[Key] = set()
@@ -175,6 +177,12 @@ class Controller:
         key = (namespace, name)
         old = body.get("status") or {}
         st = plan.status
+        # Status first: once the next attempt number is stored, a crash of this process
+        # between here and the deletes can never count the same failure twice.
+        patch = merge_patch(old, st)
+        if patch:
+            await self.kube.patch_job_status(namespace, name, patch)
+        written = dict(st)
         if plan.failure_observed:
             reason = (st.get("lastFailure") or {}).get("reason", "Unknown")
             self.metrics.restarts.labels(namespace=namespace, reason=reason).inc()
@@ -192,14 +200,20 @@ class Controller:
                 set_condition(st, "InvalidSpec", True, "PodRejected", message, self.clock(),
                               st.get("observedGeneration"))
                 st["message"] = message
-                plan.events.append(Event("Warning", "PodRejected", message))
-                plan.requeue(30.0)
-            elif key in self._failure_seen:
-                seen, delay = self._failure_seen.pop(key)
-                self.metrics.replacement_seconds.observe(max(0.0, time.monotonic() - seen - delay))
-        patch = merge_patch(old, st)
-        if patch:
-            await self.kube.patch_job_status(namespace, name, patch)
+                before = next((c for c in old.get("conditions", []) if c.get("type") == "InvalidSpec"), {})
+                if before.get("message") != message:  # retried periodically; said once
+                    plan.events.append(Event("Warning", "PodRejected", message))
+                plan.requeue(self.rejected_retry_seconds)
+                await self.kube.patch_job_status(namespace, name, merge_patch(written, st))
+            else:
+                if key in self._failure_seen:
+                    seen, delay = self._failure_seen.pop(key)
+                    self.metrics.replacement_seconds.observe(max(0.0, time.monotonic() - seen - delay))
+                rejected = next((c for c in st.get("conditions", []) if c.get("type") == "InvalidSpec"), {})
+                if rejected.get("reason") == "PodRejected" and rejected.get("status") == "True":
+                    set_condition(st, "InvalidSpec", False, "PodsCreated", "", self.clock(),
+                                  st.get("observedGeneration"))
+                    await self.kube.patch_job_status(namespace, name, merge_patch(written, st))
         for event in plan.events:
             await self.post_event(body, event)
         self._phase[key] = st.get("phase")

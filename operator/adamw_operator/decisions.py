@@ -190,7 +190,8 @@ def decide(
         st["phase"] = st.get("phase") or "Pending"
         st["message"] = f"spec cannot run, fix it: {message}"
         return plan  # no pods are created and nothing is deleted
-    if get_condition(st, "InvalidSpec"):
+    invalid = get_condition(st, "InvalidSpec")
+    if invalid and invalid.get("reason") != "PodRejected":  # that one clears once pods are accepted
         set_condition(st, "InvalidSpec", False, "SpecValid", "", now, generation)
 
     start = parse_time(st.get("startTime"))

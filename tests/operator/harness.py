@@ -20,7 +20,8 @@ async def running_operator(api: Any, *, poll_interval: float = 0.2, resync_inter
                            **kwargs: Any) -> AsyncIterator[Controller]:
     """The operator as `adamw-operator` runs it, with test-speed timers; yields its Controller."""
     controller = Controller(KubeClient(api.url), OperatorMetrics(), poll_interval=poll_interval,
-                            resync_interval=resync_interval, tick=0.02)
+                            resync_interval=resync_interval, tick=0.02,
+                            rejected_retry_seconds=0.5)
     async with run_operator(api, setup=lambda registry: register(registry, controller),
                             wait_for_watches=(JOBS, PODS), **kwargs):
         yield controller

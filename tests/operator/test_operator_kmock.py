@@ -167,3 +167,21 @@ async def test_survives_api_errors_and_dropped_watches(kube, fake_kubelet):
         job = await kube.client.wait_for("awj", "flaky", phase_is("Succeeded"), timeout=WAIT)
         assert job["status"]["restarts"] == 1
         assert len(await workers(kube, "flaky")) == 2  # no duplicates anywhere
+
+
+async def test_pod_refused_by_the_server_is_reported_then_cleared(kube, fake_kubelet):
+    seen: list[tuple[str, str, str]] = []  # every InvalidSpec condition ever stored
+    kube.store.listeners.append(lambda rt, ev: seen.extend(
+        (c["status"], c["reason"], c["message"]) for c in (ev.object.get("status") or {}).get("conditions", [])
+        if c["type"] == "InvalidSpec") if rt.key == JOBS.key else None)
+    async with running_operator(kube):
+        kube.fail("POST", "/api/v1/namespaces/default/pods", 422, times=2,
+                  message='Pod "rej-worker-0" is invalid: spec.tolerations[0].operator: Unsupported value')
+        await kube.client.create("awj", job_manifest("rej"))
+        await all_running(kube, "rej", 0)  # retried, and the server accepts this time
+        job = await kube.client.wait_for("awj", "rej", phase_is("Running"), timeout=WAIT)
+        assert condition(job, "InvalidSpec")["status"] == "False"
+        rejected = [s for s in seen if s[0] == "True"]
+        assert rejected and rejected[0][1] == "PodRejected" and "tolerations[0].operator" in rejected[0][2]
+        reasons = [e["reason"] for e in await events_for(kube, "rej")]
+        assert reasons.count("PodRejected") == 1

@@ -155,7 +155,14 @@ def prepare_pod(
         local = volume_dirs[mount["name"]]
         if mount.get("subPath"):
             local = local / mount["subPath"]
+            local.mkdir(parents=True, exist_ok=True)  # the kubelet creates a missing subPath
         mounts[mount["mountPath"]] = local
+    working_dir = container.get("workingDir")
+    if working_dir and not any(working_dir == m or working_dir.startswith(m.rstrip("/") + "/")
+                               for m in mounts):
+        # The runtime creates workingDir in the container's own filesystem: a per-pod dir.
+        mounts[working_dir] = pod_dir / "rootfs" / working_dir.strip("/")
+        mounts[working_dir].mkdir(parents=True, exist_ok=True)
     termination_path = container.get("terminationMessagePath") or DEFAULT_TERMINATION_PATH
     termination_log = pod_dir / "termination-log"
     termination_log.touch()
@@ -184,7 +191,7 @@ def prepare_pod(
         raise PodSpecError(f"pod {meta['name']}: the container has no command; local runs need one")
     argv = [expand_env_references(rewrite(arg, mounts, all_hosts), env) for arg in command]
     argv[0] = _resolve_executable(argv[0], env["PATH"])
-    cwd = Path(rewrite(container["workingDir"], mounts)) if container.get("workingDir") else pod_dir
+    cwd = Path(rewrite(working_dir, mounts)) if working_dir else pod_dir
     grace = float(spec.get("terminationGracePeriodSeconds", 30))
     layout = LocalPodLayout(pod_dir=pod_dir, mounts=mounts, termination_log=termination_log,
                             log_file=pod_dir / "container.log")
