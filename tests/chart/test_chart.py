@@ -160,7 +160,7 @@ def test_prometheus_rule_embeds_the_tested_rules_file():
     assert rule["spec"]["groups"] == source["groups"]
     # Without the operator's ServiceMonitor its alerts would fire forever: they are left out.
     (rule,) = by_kind(render("--set", "serviceMonitor.enabled=false", apis=MONITORING_APIS), "PrometheusRule")
-    assert [g["name"] for g in rule["spec"]["groups"]] == ["adamw-training.rules", "adamw-training.alerts"]
+    assert [g["name"] for g in rule["spec"]["groups"]] == ["adamw-training"]
 
 
 def test_prometheus_rule_values_are_applied():
