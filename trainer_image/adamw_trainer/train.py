@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import resource
 import sys
 import threading
@@ -28,6 +29,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -105,7 +107,11 @@ class Trainer:
             self.precision = "fp32"
 
         # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's).
+        # Python's and NumPy's generators too, so a run is reproducible whatever draws from
+        # them (checkpoints carry all three, so a resumed run continues the same streams).
         torch.manual_seed(t.seed)
+        random.seed(t.seed)
+        np.random.seed(t.seed)
         self.raw_model = GPT(cfg.model).to(self.device)
         self.model: torch.nn.Module = self.raw_model
         if self.env.distributed:
