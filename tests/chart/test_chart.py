@@ -9,10 +9,18 @@ import sys
 import jsonschema
 import pytest
 import yaml
-
 from adamw_operator.cli import build_parser
 
-from .helm import ALL_ON, CHART, KUBE_VERSIONS, MONITORING_APIS, by_kind, helm, render, template_text
+from .helm import (
+    ALL_ON,
+    CHART,
+    KUBE_VERSIONS,
+    MONITORING_APIS,
+    by_kind,
+    helm,
+    render,
+    template_text,
+)
 from .monitoring_schemas import SCHEMAS
 
 MONITORING_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}

@@ -37,7 +37,7 @@ def stack(tmp_path_factory):
         # Enough history for 20 s rates, a validation pass, and checkpoint saves.
         live.wait_for(f'adamw_checkpoint_saves_total{{job_name="{JOB}"}} > 0')
         live.wait_for(f'count_over_time(adamw_step{{job_name="{JOB}"}}[1m]) >= 8')
-        live.wait_for(f'count_over_time(DCGM_FI_DEV_GPU_UTIL[1m]) >= 3', min_results=2)
+        live.wait_for('count_over_time(DCGM_FI_DEV_GPU_UTIL[1m]) >= 3', min_results=2)
         yield live
     finally:
         live.stop()

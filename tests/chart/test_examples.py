@@ -1,0 +1,88 @@
+"""Every example in examples/ is accepted by the cluster: AdamWTrainingJobs by the CRD's
+schema and CEL rules (as the API server applies them) and by the operator's own spec
+model; the other Kubernetes objects by kubernetes-validate."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from adamw_operator.api.checks import runtime_problems
+from adamw_operator.api.spec import AdamWTrainingJobSpec
+
+from tests.operator.crd_validation import CRD_PATH, load_crd, validate
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+# Custom resources of other projects the examples use (no schema for them offline).
+FOREIGN_KINDS = {"PodGroup"}
+
+
+def docs(path: Path):
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def jobs():
+    return [(p.name, d) for p in EXAMPLES for d in docs(p) if d["kind"] == "AdamWTrainingJob"]
+
+
+@pytest.fixture(scope="module")
+def crd():
+    assert CRD_PATH.exists(), "crds/ has no AdamWTrainingJob CRD: run `make crd`"
+    return load_crd()
+
+
+def test_the_issue_examples_exist():
+    names = {p.name for p in EXAMPLES}
+    assert {"quickstart.yaml", "single-gpu.yaml", "multi-node-8gpu.yaml", "volcano-queue.yaml"} <= names
+    by_name = {d["metadata"]["name"]: d["spec"] for _, d in jobs()}
+    assert by_name["gpt-2x8"]["replicas"] == 2 and by_name["gpt-2x8"]["gpusPerReplica"] == 8
+    assert "claimName" in by_name["gpt-2x8"]["checkpointStorage"]
+    assert by_name["gpt-single-gpu"]["gpusPerReplica"] == 1
+    assert by_name["gpt-volcano"]["pod"]["schedulerName"] == "volcano"
+
+
+@pytest.mark.parametrize("name,job", jobs(), ids=[f"{n}:{d['metadata']['name']}" for n, d in jobs()])
+def test_job_example_passes_crd_schema_and_cel(crd, name, job):
+    assert job["apiVersion"] == "training.adamw.io/v1alpha1"
+    assert validate(crd, job) == []
+    spec = AdamWTrainingJobSpec.model_validate(job["spec"])  # unknown fields are errors here
+    assert runtime_problems(spec) == [], "the operator would mark it InvalidSpec"
+
+
+def test_the_validator_catches_broken_examples(crd):
+    """Negative control: the same check refuses a schema error and a CEL rule violation."""
+    _, job = jobs()[0]
+    bad = copy.deepcopy(job)
+    bad["spec"]["replicas"] = 0
+    assert validate(crd, bad)
+    bad = copy.deepcopy(job)
+    bad["spec"]["restartPolicy"] = {"backoffSeconds": 600, "maxBackoffSeconds": 60}
+    assert any("maxBackoffSeconds" in p for p in validate(crd, bad))
+    bad = copy.deepcopy(job)
+    bad["spec"]["gpusPerReplica"] = 0
+    bad["spec"]["trainer"]["device"] = "cuda"
+    assert any("gpusPerReplica" in p for p in validate(crd, bad))
+
+
+def core_objects(path: Path):
+    return [d for d in docs(path) if d["kind"] not in FOREIGN_KINDS | {"AdamWTrainingJob"}]
+
+
+@pytest.mark.parametrize("path", [p for p in EXAMPLES if core_objects(p)], ids=lambda p: p.name)
+def test_other_objects_pass_kubernetes_validate(path):
+    core = core_objects(path)
+    proc = subprocess.run([sys.executable, "-m", "kubernetes_validate", "--strict", "-k", "1.30.0", "-"],
+                          input=yaml.safe_dump_all(core), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_volcano_gang_matches_the_job():
+    (pg,) = [d for d in docs(ROOT / "examples" / "volcano-queue.yaml") if d["kind"] == "PodGroup"]
+    (job,) = [d for d in docs(ROOT / "examples" / "volcano-queue.yaml") if d["kind"] == "AdamWTrainingJob"]
+    assert pg["spec"]["minMember"] == job["spec"]["replicas"]
+    assert job["spec"]["pod"]["annotations"]["scheduling.k8s.io/group-name"] == pg["metadata"]["name"]
