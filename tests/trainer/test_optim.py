@@ -12,10 +12,13 @@ from torch import nn
 
 torch.set_num_threads(1)
 
+# The fused kernel differs per device; on a CUDA machine the same checks run there too.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
-def tiny_model(seed: int = 0) -> nn.Module:
+
+def tiny_model(seed: int = 0, device: str = "cpu") -> nn.Module:
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(7, 5), nn.LayerNorm(5), nn.Linear(5, 3))
+    model = nn.Sequential(nn.Linear(7, 5), nn.LayerNorm(5), nn.Linear(5, 3)).to(device)
     with torch.no_grad():  # no zero biases: a decayed zero would look undecayed
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -55,20 +58,21 @@ def run_guarded(model, grads_per_step, cfg: OptimizerConfig) -> GuardedAdamW:
     opt = GuardedAdamW(param_groups(model, cfg), cfg)
     for grads in grads_per_step:
         for p, g in zip(model.parameters(), grads, strict=True):
-            p.grad = g.to(p.dtype).clone()
+            p.grad = g.to(p.device, p.dtype).clone()
         opt.step()
     return opt
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("clip", [0.0, 1.0])
-def test_matches_float64_reference(clip):
+def test_matches_float64_reference(clip, device):
     # Tolerance: fp32 has a 2^-24 (6e-8) relative unit; each of the 6 steps rounds the
     # moments and the update a few times, so fp32 parameters drift ~1e-7 from float64.
     # A real algorithmic slip (missing bias correction, coupled decay, wrong clip) moves
     # parameters by ~lr*wd = 1e-3 or ~lr = 1e-2, four orders of magnitude above atol.
     cfg = OptimizerConfig(lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, grad_clip_norm=clip)
-    model = tiny_model()
-    params64 = [p.detach().double().clone() for p in model.parameters()]
+    model = tiny_model(device=device)
+    params64 = [p.detach().cpu().double().clone() for p in model.parameters()]
     wd_for = [cfg.weight_decay if p.dim() >= 2 else 0.0 for p in model.parameters()]
     grads = random_grads(model, steps=6)
     run_guarded(model, grads, cfg)
@@ -76,7 +80,7 @@ def test_matches_float64_reference(clip):
         params64, grads, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, wd_for=wd_for, clip=clip
     )
     for p, ref in zip(model.parameters(), expected, strict=True):
-        torch.testing.assert_close(p.detach().double(), ref, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(p.detach().cpu().double(), ref, rtol=1e-5, atol=1e-6)
 
 
 def test_clipping_equals_clip_grad_norm_then_adamw():
@@ -106,17 +110,18 @@ def _state(opt: GuardedAdamW) -> list[torch.Tensor]:
     return out
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
-def test_nonfinite_gradient_skips_the_step_bit_identically(bad):
+def test_nonfinite_gradient_skips_the_step_bit_identically(bad, device):
     cfg = OptimizerConfig(lr=1e-2, weight_decay=0.1, grad_clip_norm=1.0)
-    model = tiny_model()
+    model = tiny_model(device=device)
     opt = run_guarded(model, random_grads(model, steps=3), cfg)  # non-zero moments
     before = _state(opt)
 
     poisoned = random_grads(model, steps=1, seed=9)[0]
     poisoned[2].view(-1)[1] = bad  # one element of one tensor
     for p, g in zip(model.parameters(), poisoned, strict=True):
-        p.grad = g.float()
+        p.grad = g.float().to(device)
     opt.step()
 
     after = _state(opt)
@@ -127,7 +132,7 @@ def test_nonfinite_gradient_skips_the_step_bit_identically(bad):
 
     # A second bad step in a row, then a good one: the run counter resets, params move.
     for p, g in zip(model.parameters(), poisoned, strict=True):
-        p.grad = g.float()
+        p.grad = g.float().to(device)
     opt.step()
     assert opt.consecutive_nonfinite.item() == 2
     run_guarded_step(model, opt, random_grads(model, steps=1, seed=10)[0])
@@ -139,7 +144,7 @@ def test_nonfinite_gradient_skips_the_step_bit_identically(bad):
 
 def run_guarded_step(model, opt, grads):
     for p, g in zip(model.parameters(), grads, strict=True):
-        p.grad = g.float()
+        p.grad = g.to(p.device, torch.float32)
     opt.step()
 
 
