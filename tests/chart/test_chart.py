@@ -24,6 +24,16 @@ from .helm import (
 from .monitoring_schemas import SCHEMAS
 
 MONITORING_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+# What the operator does per namespace (operator/adamw_operator/kube.py, handlers.py) and
+# what Kopf does for it: watches on jobs and worker pods, events for handler errors.
+OPERATOR_CALLS = {
+    ("training.adamw.io", "adamwtrainingjobs"): {"get", "list", "watch", "delete"},  # delete: TTL
+    ("training.adamw.io", "adamwtrainingjobs/status"): {"patch"},
+    ("", "pods"): {"list", "watch", "create", "delete"},
+    ("", "services"): {"create"},  # the headless Service; owner references delete it
+    ("", "configmaps"): {"create", "patch"},  # the trainer config, updated in place
+    ("", "events"): {"create"},
+}
 
 
 def _monitoring(docs):
@@ -84,13 +94,8 @@ def test_rbac_cluster_wide_by_default():
     assert by_kind(docs, "Role") == [] and by_kind(docs, "RoleBinding") == []
     (cluster_role,) = by_kind(docs, "ClusterRole")
     rules = _rules(cluster_role)
-    assert rules[("", "pods")] == {"get", "list", "watch", "create", "delete"}
-    assert rules[("training.adamw.io", "adamwtrainingjobs/status")] == {"get", "patch"}
-    assert rules[("apiextensions.k8s.io", "customresourcedefinitions")] == {"list", "watch"}
-    # Least privilege: nothing the operator never does.
-    all_verbs = set().union(*rules.values())
-    assert not all_verbs & {"*", "escalate", "bind", "impersonate", "deletecollection"}
-    assert ("", "secrets") not in rules
+    assert rules == {**OPERATOR_CALLS, ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
+    assert ("", "secrets") not in rules and ("", "namespaces") not in rules
     (binding,) = by_kind(docs, "ClusterRoleBinding")
     assert binding["subjects"][0]["name"] == by_kind(docs, "ServiceAccount")[0]["metadata"]["name"]
 
@@ -101,10 +106,11 @@ def test_rbac_namespaced_when_namespaces_are_listed():
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     assert sorted(b["metadata"]["namespace"] for b in by_kind(docs, "RoleBinding")) == ["team-a", "team-b"]
     for role in roles:
-        assert _rules(role)[("", "pods")] == {"get", "list", "watch", "create", "delete"}
+        assert _rules(role) == OPERATOR_CALLS
     (cluster_role,) = by_kind(docs, "ClusterRole")
-    # Cluster-wide only the CRD discovery Kopf always does: no pods, no jobs, no namespaces.
-    assert set(_rules(cluster_role)) == {("apiextensions.k8s.io", "customresourcedefinitions")}
+    # Cluster-wide only the discovery Kopf does: CRDs, and namespaces to notice them appear.
+    assert _rules(cluster_role) == {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
+                                    ("", "namespaces"): {"list", "watch"}}
     (pod_monitor,) = by_kind(render("--set", "watch.namespaces={team-a,team-b}", apis=MONITORING_APIS), "PodMonitor")
     assert pod_monitor["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
 
@@ -148,8 +154,12 @@ def test_peering_objects_follow_the_watch_scope():
     docs = render("--set", "peering.enabled=true")
     (peering,) = by_kind(docs, "ClusterKopfPeering")
     assert peering["apiVersion"] == "kopf.dev/v1" and peering["metadata"]["name"] == "adamw-operator"
+    (cluster_role,) = by_kind(docs, "ClusterRole")
+    assert _rules(cluster_role)[("kopf.dev", "clusterkopfpeerings")] == {"list", "watch", "patch"}
     docs = render(*ALL_ON)
     assert sorted(p["metadata"]["namespace"] for p in by_kind(docs, "KopfPeering")) == ["team-a", "team-b"]
+    for role in by_kind(docs, "Role"):
+        assert _rules(role)[("kopf.dev", "kopfpeerings")] == {"list", "watch", "patch"}
     assert by_kind(render(), "ClusterKopfPeering") == []
 
 

@@ -1,27 +1,26 @@
 {{/*
-Rules the operator needs wherever it runs jobs (ClusterRole or per-namespace Role).
-Keep in step with operator/adamw_operator/RBAC.md; tests/chart checks the two agree.
+Rules the operator needs wherever it runs jobs (ClusterRole or per-namespace Role): exactly
+the calls in operator/adamw_operator/kube.py plus what Kopf itself does (watch the jobs and
+worker pods, post events). The operator never writes a job except its /status, and only
+deletes a job for ttlSecondsAfterFinished; owner references clean up the children.
 */}}
 {{- define "adamw-operator.namespacedRules" -}}
 - apiGroups: [training.adamw.io]
   resources: [adamwtrainingjobs]
-  verbs: [get, list, watch, patch, delete]
+  verbs: [get, list, watch, delete]
 - apiGroups: [training.adamw.io]
   resources: [adamwtrainingjobs/status]
-  verbs: [get, patch]
+  verbs: [patch]
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch, create, delete]
+  verbs: [list, watch, create, delete]
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, list, watch, create, delete]
+  verbs: [create]
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [create, patch]
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
-- apiGroups: [events.k8s.io]
-  resources: [events]
-  verbs: [create, patch]
+  verbs: [create]
 {{- end }}
