@@ -151,9 +151,16 @@ class _HashingFile:
         self._f = f
         self.sha256 = hashlib.sha256()
         self.size = 0
+        # torch.save's zip writer turns an OSError from write() into an opaque RuntimeError
+        # ("unexpected pos ..."); keep the real one (ENOSPC, EFBIG, ...) to report it.
+        self.error: OSError | None = None
 
     def write(self, data) -> int:
-        n = self._f.write(data)
+        try:
+            n = self._f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
         self.sha256.update(memoryview(data)[:n] if n is not None else data)
         self.size += n if n is not None else len(data)
         return n
@@ -208,7 +215,12 @@ class CheckpointStore:
     def _write_file(path: Path, write_fn: FileWriter) -> dict[str, object]:
         with open(path, "xb") as raw:
             f = _HashingFile(raw)
-            write_fn(f)
+            try:
+                write_fn(f)
+            except Exception:
+                if f.error is not None:
+                    raise f.error from None
+                raise
             raw.flush()
             os.fsync(raw.fileno())
         return {"sha256": f.sha256.hexdigest(), "bytes": f.size}
