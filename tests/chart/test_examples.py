@@ -5,6 +5,7 @@ model; the other Kubernetes objects by kubernetes-validate."""
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,12 @@ import pytest
 import yaml
 from adamw_operator.api.checks import runtime_problems
 from adamw_operator.api.spec import AdamWTrainingJobSpec
+from adamw_operator.builders.configmap import build_configmap
+from adamw_operator.builders.pods import build_worker_pod
+from adamw_operator.builders.service import build_service
+from adamw_trainer.config import load_config
 
+from tests.chart.helm import MONITORING_APIS, by_kind, render
 from tests.operator.crd_validation import CRD_PATH, load_crd, validate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,7 +29,8 @@ FOREIGN_KINDS = {"PodGroup"}
 
 
 def docs(path: Path):
-    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+    """The Kubernetes objects in a file (trainer config files have no `kind`)."""
+    return [d for d in yaml.safe_load_all(path.read_text()) if d and "kind" in d]
 
 
 def jobs():
@@ -52,6 +59,12 @@ def test_job_example_passes_crd_schema_and_cel(crd, name, job):
     assert validate(crd, job) == []
     spec = AdamWTrainingJobSpec.model_validate(job["spec"])  # unknown fields are errors here
     assert runtime_problems(spec) == [], "the operator would mark it InvalidSpec"
+
+
+@pytest.mark.parametrize("path", [p for p in EXAMPLES if not docs(p)], ids=lambda p: p.name)
+def test_plain_trainer_configs_load(path):
+    """Files that are not Kubernetes objects are `adamw-train --config` files."""
+    load_config(path)
 
 
 def test_the_validator_catches_broken_examples(crd):
@@ -86,3 +99,47 @@ def test_volcano_gang_matches_the_job():
     (job,) = [d for d in docs(ROOT / "examples" / "volcano-queue.yaml") if d["kind"] == "AdamWTrainingJob"]
     assert pg["spec"]["minMember"] == job["spec"]["replicas"]
     assert job["spec"]["pod"]["annotations"]["scheduling.k8s.io/group-name"] == pg["metadata"]["name"]
+
+
+def _pod_monitor():
+    (pm,) = by_kind(render(apis=MONITORING_APIS), "PodMonitor")
+    return pm
+
+
+@pytest.mark.parametrize("name,job", jobs(), ids=[f"{n}:{d['metadata']['name']}" for n, d in jobs()])
+def test_operator_children_are_valid_and_scraped_by_the_pod_monitor(name, job):
+    """What the operator creates for each example passes kubernetes-validate, and the chart's
+    PodMonitor selects every rank's metrics port (one per GPU) of the trainer container."""
+    spec = AdamWTrainingJobSpec.model_validate(job["spec"])
+    meta = job["metadata"]["name"], "ml", "0b7c-uid"
+    pods = [build_worker_pod(*meta, spec, rank=r, attempt=0, restart_count=0) for r in range(spec.replicas)]
+    children = [*pods, build_configmap(*meta, spec), build_service(*meta, spec)]
+    proc = subprocess.run([sys.executable, "-m", "kubernetes_validate", "--strict", "-k", "1.30.0", "-"],
+                          input=yaml.safe_dump_all(children), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    endpoint = _pod_monitor()["spec"]["podMetricsEndpoints"][0]
+    keep = next(r for r in endpoint["relabelings"] if r.get("action") == "keep")
+    pattern = re.compile(keep["regex"])
+    pod = pods[0]
+    assert "training.adamw.io/job-name" in pod["metadata"]["labels"]
+    scraped = [f"{c['name']};{p['name']}" for c in pod["spec"]["containers"] for p in c.get("ports", [])
+               if pattern.fullmatch(f"{c['name']};{p['name']}")]
+    assert len(scraped) == max(1, spec.gpus_per_replica), "one metrics port per local rank"
+
+
+# Multi-GPU pods get one metrics port per local rank, all named `metrics` by the operator's
+# builder; the API server refuses duplicate port names in a pod (kubernetes-validate does not
+# check that). Reported to the lead: name them metrics, metrics-1, ... (the PodMonitor's
+# regex already selects that spelling).
+_DUPLICATE_PORTS = pytest.mark.xfail(reason="operator builder names every rank's port `metrics`", strict=False)
+
+
+@pytest.mark.parametrize("name,job", [
+    pytest.param(n, d, marks=_DUPLICATE_PORTS if d["spec"].get("gpusPerReplica", 0) > 1 else [],
+                 id=f"{n}:{d['metadata']['name']}") for n, d in jobs()])
+def test_operator_pods_have_unique_port_names(name, job):
+    spec = AdamWTrainingJobSpec.model_validate(job["spec"])
+    pod = build_worker_pod(job["metadata"]["name"], "ml", "uid", spec, rank=0, attempt=0, restart_count=0)
+    names = [p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])]
+    assert len(names) == len(set(names)), f"duplicate container port names: {names}"
