@@ -82,6 +82,15 @@ def pod_monitor_relabel_configs() -> list[dict[str, Any]]:
     return configs
 
 
+def pod_target(address: str, port_name: str) -> dict[str, Any]:
+    """A static target carrying the labels Kubernetes pod discovery gives a trainer pod's port."""
+    return {"targets": [address], "labels": {
+        "__meta_kubernetes_namespace": NAMESPACE, "__meta_kubernetes_pod_name": POD,
+        "__meta_kubernetes_pod_container_name": "trainer",
+        "__meta_kubernetes_pod_container_port_name": port_name,
+        "__meta_kubernetes_pod_label_training_adamw_io_job_name": JOB}}
+
+
 def trainer_config(port: int, tmp: Path) -> dict[str, Any]:
     return {
         "data": {"source": "synthetic", "evalIntervalSteps": 20, "evalBatches": 1},
@@ -116,13 +125,11 @@ class LiveStack:
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(CHART / "files" / "alerts.yaml")],
             "scrape_configs": [
-                {"job_name": "ml/adamw-trainers", "static_configs": [{
-                    "targets": [f"127.0.0.1:{trainer_port}"],
-                    "labels": {"__meta_kubernetes_namespace": NAMESPACE, "__meta_kubernetes_pod_name": POD,
-                               "__meta_kubernetes_pod_container_name": "trainer",
-                               "__meta_kubernetes_pod_container_port_name": "metrics",
-                               "__meta_kubernetes_pod_label_training_adamw_io_job_name": JOB}}],
-                 "relabel_configs": pod_monitor_relabel_configs()},
+                {"job_name": "ml/adamw-trainers", "static_configs": [
+                    pod_target(f"127.0.0.1:{trainer_port}", "metrics"),
+                    # The pod's rendezvous port, which pod discovery also lists: must be dropped.
+                    pod_target(f"127.0.0.1:{trainer_port}", "rendezvous"),
+                 ], "relabel_configs": pod_monitor_relabel_configs()},
                 {"job_name": "gpu-operator/dcgm-exporter", "static_configs": [{
                     "targets": [f"127.0.0.1:{self.dcgm.server_address[1]}"],
                     "labels": {"namespace": "gpu-operator", "pod": "nvidia-dcgm-exporter-x7k2p"}}]},

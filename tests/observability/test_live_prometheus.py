@@ -44,6 +44,10 @@ def stack(tmp_path_factory):
 
 
 def test_series_carry_the_labels_the_podmonitor_gives_them(stack):
+    # Only the metrics port is scraped; the rendezvous port's target is relabelled away.
+    (target,) = [t for t in stack.api("/api/v1/targets")["data"]["activeTargets"]
+                 if t["labels"].get("job_name") == JOB]
+    assert target["health"] == "up"
     (series,) = stack.query(f'adamw_step{{job_name="{JOB}"}}')
     assert {k: series["metric"][k] for k in ("namespace", "pod", "job_name", "rank")} == {
         "namespace": NAMESPACE, "pod": POD, "job_name": JOB, "rank": "0"}
