@@ -154,7 +154,8 @@ class LocalJob:
     def _running(self) -> bool:
         return any(w.process.running for w in self.workers.values())
 
-    def _ip(self, rank: int) -> str:
+    def ip_of(self, rank: int) -> str:
+        """Rank r's pod IP: its own loopback address, the same in every attempt of this run."""
         return f"127.{self._subnet}.{rank // 250}.{rank % 250 + 2}"
 
     def _port_for(self, attempt: int) -> int:
@@ -187,20 +188,20 @@ class LocalJob:
                 st.get("restarts", 0) + st.get("preemptions", 0), st.get("checkpointSaveSeconds")), port)
             for rank in range(self.spec.replicas)  # every rank's pod, for the DNS names
         }
-        hosts = {dns: self._ip(rank) for rank, pod in pods.items() for dns in dns_names(pod)}
+        hosts = {dns: self.ip_of(rank) for rank, pod in pods.items() for dns in dns_names(pod)}
         metrics_port = self.spec.trainer.metrics.port
         for rank in ranks:
             pod = pods[rank]
             try:
-                launch = prepare_pod(pod, root=self.root, pod_ip=self._ip(rank), config_maps=config,
+                launch = prepare_pod(pod, root=self.root, pod_ip=self.ip_of(rank), config_maps=config,
                                      hosts=hosts, claim_dir=lambda claim: self.root / "volumes" / claim)
             except PodSpecError as err:
                 raise LocalRunError(str(err)) from None
             process = LocalProcess(launch)
             await process.start()
-            pod["status"] = pod_status.running(pod, self._ip(rank))
-            worker = Worker(rank=rank, attempt=attempt, pod=pod, ip=self._ip(rank), process=process,
-                            metrics_url=f"http://{self._ip(rank)}:{metrics_port}/metrics" if metrics_port else None)
+            pod["status"] = pod_status.running(pod, self.ip_of(rank))
+            worker = Worker(rank=rank, attempt=attempt, pod=pod, ip=self.ip_of(rank), process=process,
+                            metrics_url=f"http://{self.ip_of(rank)}:{metrics_port}/metrics" if metrics_port else None)
             worker.task = asyncio.create_task(self._watch(worker))
             self.workers[worker.name] = worker
             self.history.append(worker)
