@@ -9,6 +9,9 @@ and checks (same messages), and its workers run as local processes with the comm
 environment the operator gives its pods, supervised by the operator's decision function.
 Ctrl-C asks the workers to save a checkpoint and stop; running the command again resumes.
 
+The run directory holds checkpoints/, pods/<pod>/container.log (each worker's output),
+loss.png and status.json (the final job status, as `kubectl get awj -o yaml` would show).
+
 Exit codes: 0 succeeded, 1 failed, 2 invalid manifest, 130 interrupted.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import signal
 import sys
 import time
@@ -83,6 +87,9 @@ async def _run(name: str, namespace: str, spec, manifest: Path, run_dir: Path, *
         loop.remove_signal_handler(signal.SIGTERM)
         if server is not None:
             await server.stop()
+    final = {"phase": "Interrupted" if job.interrupted and status.get("phase") not in ("Succeeded", "Failed")
+             else status.get("phase"), "status": status}
+    (job.root / "status.json").write_text(json.dumps(final, indent=2, default=str))
     points, resumes = loss_points(_rank0_logs(job.root))
     plot = write_loss_curve(points, resumes, job.root / "loss.png", f"{name}: training loss")
     view.message(summary(
