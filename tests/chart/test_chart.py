@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -144,8 +145,13 @@ def test_deployment_is_locked_down_and_probed():
     assert f"--liveness-port={ports['healthz']}" in args and f"--metrics-port={ports['metrics']}" in args
     # One replica without peering: never two operators at once, even during an update.
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
-    deployment, _, _ = _args(render(*ALL_ON))
+    assert by_kind(render(), "PodDisruptionBudget") == []
+    docs = render(*ALL_ON)
+    deployment, _, _ = _args(docs)
     assert deployment["spec"]["replicas"] == 2 and "strategy" not in deployment["spec"]
+    (pdb,) = by_kind(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["ADAMW_DEFAULT_TRAINER_IMAGE"] == "ghcr.io/adamw-operator/adamw-trainer:0.1.0"
 
@@ -220,3 +226,30 @@ def test_chart_crds_are_the_generated_ones():
     assert "adamwtrainingjobs.training.adamw.io.yaml" in crds, "run `make crd`"
     names = {d["metadata"]["name"] for d in by_kind(render(), "CustomResourceDefinition")}
     assert {"adamwtrainingjobs.training.adamw.io", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"} <= names
+
+
+def _chart_keys(schema, prefix=()):
+    """Key paths the chart defines (objects it closes with additionalProperties: false)."""
+    for name, sub in schema.get("properties", {}).items():
+        yield (*prefix, name)
+        if sub.get("additionalProperties") is False:
+            yield from _chart_keys(sub, (*prefix, name))
+
+
+def test_every_value_is_commented():
+    """values.yaml is the chart's manual: each chart key has a comment line right above it."""
+    keys = set(_chart_keys(json.loads((CHART / "values.schema.json").read_text())))
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    stack: list[tuple[int, str]] = []
+    seen = set()
+    for i, line in enumerate(lines):
+        m = re.match(r"^(\s*)([A-Za-z_][A-Za-z0-9_]*):", line)
+        if not m:
+            continue
+        indent = len(m.group(1))
+        stack = [(d, k) for d, k in stack if d < indent] + [(indent, m.group(2))]
+        path = tuple(k for _, k in stack)
+        if path in keys:
+            seen.add(path)
+            assert i and lines[i - 1].strip().startswith("#"), f"values.yaml:{i + 1} {'.'.join(path)} has no comment"
+    assert seen == {k for k in keys if k != ("global",)}, "every schema key appears in values.yaml"
