@@ -194,3 +194,11 @@ def test_write_failure_permission_denied_leaves_nothing_partial(tmp_path, monkey
 def test_keep_latest_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="keepLatest"):
         CheckpointStore(tmp_path, keep_latest=0)
+
+
+def test_discard_newer_than_drops_the_abandoned_timeline(tmp_path):
+    store = CheckpointStore(tmp_path)
+    for step in (10, 20, 30):
+        store.write(meta(step), files(step))
+    assert store.discard_newer_than(10) == [20, 30]
+    assert visible(tmp_path) == ["step-10"]

@@ -52,12 +52,14 @@ def test_fault_injection_spec_is_validated():
 def diverging_run(tmp_path, *, until_rollbacks: str | None = None):
     cfg = small_config(
         tmp_path,
-        training={"maxSteps": 60, "logIntervalSteps": 5},
+        training={"maxSteps": 60, "logIntervalSteps": 10},
         schedule={"warmupSteps": 0, "minLrRatio": 1.0},  # constant LR: the scale is all that changes
-        checkpoint={"intervalSteps": 10, "keepLatest": 1},
+        checkpoint={"intervalSteps": 5, "keepLatest": 1},
         divergence={"maxConsecutiveNonfiniteSteps": 3, "action": "Rollback", "lrFactor": 0.5, "maxRollbacks": 2},
     )
-    env = {"ADAMW_FAULT_NAN_GRAD_STEPS": "25-59"}
+    # Steps 23..60 get a NaN loss: step-25 is saved mid-streak (not known-good), and the
+    # streak is noticed at the step-30 read.
+    env = {"ADAMW_FAULT_NAN_GRAD_STEPS": "22-59"}
     if until_rollbacks:
         env["ADAMW_FAULT_NAN_GRAD_UNTIL_ROLLBACKS"] = until_rollbacks
     proc = run_trainer(write_config(tmp_path, cfg), **env)
@@ -69,20 +71,22 @@ def test_real_run_rolls_back_lowers_lr_and_finally_exits_diverged(tmp_path):
     proc, events = diverging_run(tmp_path)
     assert proc.returncode == 3, proc.stderr[-2000:]
     rollbacks = [e for e in events if e["event"] == "rollback"]
-    # NaN from step 25: the streak passes 3 at the step-30 read, twice rolled back to step 20.
     assert [(r["fromStep"], r["toStep"], r["rollbacks"], r["lrScale"]) for r in rollbacks] == [
         (30, 20, 1, 0.5),
         (30, 20, 2, 0.25),
     ]
-    lr_at_25 = [e["lr"] for e in events if e["event"] == "train" and e["step"] == 25]
-    assert lr_at_25 == pytest.approx([1e-3, 5e-4, 2.5e-4])  # the same step, each pass at a lower LR
+    lr_at_30 = [e["lr"] for e in events if e["event"] == "train" and e["step"] == 30]
+    assert lr_at_30 == pytest.approx([1e-3, 5e-4, 2.5e-4])  # the same steps, each pass at a lower LR
+    saved_25 = [e["knownGood"] for e in events if e["event"] == "checkpoint" and e["step"] == 25]
+    assert saved_25 == [False, False, False]
     message = json.loads((tmp_path / "termination-log").read_text())
     assert message["reason"] == "Diverged" and message["exitCode"] == 3
     assert message["lastGoodCheckpointStep"] == 20
     assert "maxRollbacks" in message["message"] and "consecutive non-finite" in message["message"]
-    # keepLatest is 1, yet the known-good step-20 survived the non-finite saves after it.
+    # keepLatest is 1, yet the known-good step-20 survived the non-finite step-25 saved after it.
     store = CheckpointStore(tmp_path / "checkpoints", keep_latest=1)
-    assert store.last_good().step == 20
+    assert store.steps() == [20, 25] and store.last_good().step == 20
+    assert not store.verify(25).known_good
 
 
 @pytest.mark.slow
@@ -96,3 +100,6 @@ def test_rollback_recovers_and_training_finishes_at_the_lower_lr(tmp_path):
     state = torch.load(final.path / "train_state.pt", weights_only=True)
     assert state["divergence"] == {"rollbacks": 1, "lr_scale": 0.5}  # survives a restart
     assert final.known_good
+    # The diverged step-25 of the abandoned timeline was discarded at the rollback and
+    # saved again, good, on the way back up.
+    assert [e["knownGood"] for e in events if e["event"] == "checkpoint" and e["step"] == 25] == [False, True]

@@ -38,6 +38,17 @@ def test_watcher_turns_a_real_sigterm_into_a_flag_and_ignores_repeats():
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
+def test_a_second_ctrl_c_stops_at_once():
+    watcher = PreemptionWatcher().install()
+    try:
+        signal.raise_signal(signal.SIGINT)
+        assert watcher.requested and watcher.signal_name == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    finally:
+        watcher.uninstall()
+
+
 def start_long_run(tmp_path, port: int, **env: str) -> subprocess.Popen:
     cfg = small_config(
         tmp_path,

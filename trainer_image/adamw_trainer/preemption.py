@@ -51,6 +51,8 @@ class PreemptionWatcher:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self._event.is_set():
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C at a terminal: stop now, no save
             return  # a second SIGTERM changes nothing: the save is already under way
         self.signal_name = signal.Signals(signum).name
         self.received_at = time.monotonic()

@@ -161,7 +161,13 @@ class CheckpointManager:
         if step is None:
             return None
         info = self.store.verify(step)
-        return info, load(info)
+        payload = load(info)
+        if self.writes:
+            self.store.discard_newer_than(step)
+            with self._lock:
+                self.last = info
+            self._publish()
+        return info, payload
 
     # -- saving -------------------------------------------------------------------------
 

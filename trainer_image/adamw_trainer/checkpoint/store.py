@@ -339,7 +339,15 @@ class CheckpointStore:
         newest_complete = complete[0].step if complete else None
         doomed = [i.step for i in complete if i.step not in keep]
         doomed += [s for s in broken if newest_complete is not None and s < newest_complete]
-        for step in sorted(doomed):
+        return self._delete(doomed)
+
+    def discard_newer_than(self, step: int) -> list[int]:
+        """Delete checkpoints after `step`: after a rollback they belong to the abandoned,
+        diverged timeline, and a restart must not resume from them."""
+        return self._delete([s for s in self.steps() if s > step])
+
+    def _delete(self, steps: list[int]) -> list[int]:
+        for step in sorted(steps):
             # Rename first so a crash mid-delete never leaves a half-deleted step-N behind.
             trash = self.root / f"{_TRASH_PREFIX}step-{step}-{uuid.uuid4().hex[:8]}"
             try:
@@ -348,7 +356,7 @@ class CheckpointStore:
                 log.warning("could not remove checkpoint step-%d: %s", step, err)
                 continue
             shutil.rmtree(trash, ignore_errors=True)
-        return sorted(doomed)
+        return sorted(steps)
 
     def remove_leftovers(self) -> int:
         """Delete temporary and trash folders left by a process killed mid-write (rank 0, at start)."""
