@@ -23,8 +23,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import prometheus_client
 import yaml
 
+from adamw_operator.metrics import OperatorMetrics
 from tests.chart.helm import CHART, MONITORING_APIS, by_kind, render
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,6 +105,21 @@ def trainer_config(port: int, tmp: Path) -> dict[str, Any]:
     }
 
 
+def start_operator_metrics() -> tuple[Any, int]:
+    """The operator's real metrics registry, served as `adamw-operator --metrics-port` does,
+    holding what an operator that has run one job through a crash would report."""
+    metrics = OperatorMetrics()
+    metrics.set_phase(NAMESPACE, JOB, "Running")
+    metrics.restarts.labels(namespace=NAMESPACE, reason="Crashed").inc()
+    metrics.failures.labels(namespace=NAMESPACE, reason="NoProgress")  # exported at 0
+    metrics.reconcile_errors.labels(kind="ApiError")
+    metrics.reconcile_seconds.observe(0.01)
+    metrics.replacement_seconds.observe(0.3)
+    port = free_port()
+    server, _ = prometheus_client.start_http_server(port, addr="127.0.0.1", registry=metrics.registry)
+    return server, port
+
+
 class LiveStack:
     """Trainer + DCGM stand-in + Prometheus, stopped by their own PIDs."""
 
@@ -110,6 +127,7 @@ class LiveStack:
         self.tmp = tmp
         self.procs: list[subprocess.Popen[bytes]] = []
         self.dcgm: ThreadingHTTPServer | None = None
+        self.operator_server: Any = None
         self.prom_url = ""
 
     def start(self) -> LiveStack:
@@ -121,6 +139,7 @@ class LiveStack:
         self.procs.append(subprocess.Popen([train_bin, "--config", str(cfg)], env=env,
                                            stdout=open(self.tmp / "trainer.log", "wb"), stderr=subprocess.STDOUT))
         self.dcgm = start_dcgm_server()
+        self.operator_server, operator_port = start_operator_metrics()
         prom_cfg = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(CHART / "files" / "alerts.yaml")],
@@ -130,6 +149,11 @@ class LiveStack:
                     # The pod's rendezvous port, which pod discovery also lists: must be dropped.
                     pod_target(f"127.0.0.1:{trainer_port}", "rendezvous"),
                  ], "relabel_configs": pod_monitor_relabel_configs()},
+                # As the chart's ServiceMonitor has it: job from the Service's metrics-job
+                # label, and the operator's `namespace` label (the job's) honoured.
+                {"job_name": "adamw-operator", "honor_labels": True, "static_configs": [{
+                    "targets": [f"127.0.0.1:{operator_port}"],
+                    "labels": {"namespace": "adamw-system", "pod": "adamw-operator-5d9c7-x2x4q"}}]},
                 {"job_name": "gpu-operator/dcgm-exporter", "static_configs": [{
                     "targets": [f"127.0.0.1:{self.dcgm.server_address[1]}"],
                     "labels": {"namespace": "gpu-operator", "pod": "nvidia-dcgm-exporter-x7k2p"}}]},
@@ -154,6 +178,8 @@ class LiveStack:
                 proc.kill()
         if self.dcgm:
             self.dcgm.shutdown()
+        if self.operator_server:
+            self.operator_server.shutdown()
 
     def api(self, path: str, **params: str) -> dict[str, Any]:
         url = f"{self.prom_url}{path}?{urllib.parse.urlencode(params)}"
