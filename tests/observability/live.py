@@ -25,8 +25,8 @@ from typing import Any
 
 import prometheus_client
 import yaml
-
 from adamw_operator.metrics import OperatorMetrics
+
 from tests.chart.helm import CHART, MONITORING_APIS, by_kind, render
 
 ROOT = Path(__file__).resolve().parents[2]
