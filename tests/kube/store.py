@@ -91,9 +91,11 @@ OLD_CLUSTER_PEERINGS = ResourceType(
     "zalando.org", "v1", "clusterkopfpeerings", "ClusterKopfPeering", namespaced=False
 )
 
+# Kopf's legacy `zalando.org` peerings are not served by default: the chart installs the
+# `kopf.dev` CRDs only, and Kopf pauses while a served peering resource lacks its object.
 DEFAULT_RESOURCES: tuple[ResourceType, ...] = (
     PODS, SERVICES, CONFIGMAPS, SECRETS, EVENTS, NEW_EVENTS, NAMESPACES, PVCS, CRDS, JOBS,
-    PEERINGS, CLUSTER_PEERINGS, OLD_PEERINGS, OLD_CLUSTER_PEERINGS,
+    PEERINGS, CLUSTER_PEERINGS,
 )
 
 

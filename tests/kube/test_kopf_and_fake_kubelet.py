@@ -108,3 +108,28 @@ async def test_preemption_marks_the_pod_then_it_goes_away(kube: KubeAPI, fake_ku
     conditions = {c["type"]: c for c in last["status"]["conditions"]}
     assert conditions["DisruptionTarget"]["reason"] == "PreemptionByScheduler"
     assert last["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 143
+
+
+async def test_peering_lets_only_the_highest_priority_operator_act(kube: KubeAPI) -> None:
+    """Two Kopf operators peer through `kopf.dev/v1 kopfpeerings`; the lower one pauses."""
+    from tests.kube.store import PEERINGS
+
+    await kube.client.create(PEERINGS, {"metadata": {"name": "adamw"}})
+    high, low = memo_for(kube), memo_for(kube)
+
+    def counting(registry: kopf.OperatorRegistry) -> None:
+        @kopf.on.create(JOBS.group, JOBS.version, JOBS.plural, registry=registry)
+        async def created(body: Any, memo: Any, **_: Any) -> None:
+            memo.seen.append(body.metadata.name)
+
+    common = dict(setup=counting, standalone=False, peering_name="adamw", wait_for_watches=(PEERINGS,))
+    async with run_operator(kube, priority=100, memo=high, **common), \
+            run_operator(kube, priority=0, memo=low, **common):
+        peering = await kube.client.wait_for(
+            PEERINGS, "adamw", lambda p: p is not None and len(p.get("status") or {}) == 2)
+        assert sorted(v["priority"] for v in peering["status"].values()) == [0, 100]
+        await asyncio.sleep(0.5)  # the lower-priority operator pauses its watches
+        await kube.client.create("awj", JOB)
+        await kube.client.wait_for("awj", "job1", lambda j: high.seen == ["job1"])
+        await asyncio.sleep(0.5)
+    assert low.seen == []
