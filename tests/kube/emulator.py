@@ -40,6 +40,8 @@ from tests.kube.store import (
     ResourceType,
     Store,
     WatchEvent,
+    json_patch,
+    merge_patch,
     now_iso,
 )
 
@@ -164,7 +166,7 @@ class KubeEmulator(kmock.KubernetesScaffold):
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         raw = request._raw_request
         path = request.url.path
-        method = str(request.method.value if hasattr(request.method, "value") else request.method).upper()
+        method = raw.method.upper() if raw is not None else str(request.method).upper()
         if fault := self._take_fault(method, path):
             return _status_response(ApiError(fault.status, fault.message))
         match = _PATH.match(path)
@@ -296,8 +298,6 @@ class KubeEmulator(kmock.KubernetesScaffold):
                     await response.write(_line(*translated))
             await response.write_eof()
             return response
-        except (ConnectionResetError, asyncio.CancelledError):
-            raise
         finally:
             self._watches.remove(watch)
 
@@ -357,8 +357,6 @@ def _predicate(params: dict[str, str]) -> Any:
 
 
 def _patcher(content_type: str, data: Any) -> Any:
-    from tests.kube.store import json_patch, merge_patch
-
     content_type = content_type.split(";")[0].strip()
     if content_type == "application/json-patch+json":
         if not isinstance(data, list):

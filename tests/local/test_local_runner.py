@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -83,3 +84,16 @@ async def test_a_spec_that_cannot_run_gets_the_operators_message(tmp_path: Path)
     run = await Run(write(tmp_path, bad), tmp_path / "run").start()
     assert await run.finish(timeout=30) == 2
     assert cluster_message in run.output
+
+
+async def test_a_config_the_trainer_refuses_fails_without_restarting(tmp_path: Path) -> None:
+    """Exit code 2 (InvalidConfig) ends the job at once, as the operator does on a cluster."""
+    job = tiny_job("nodata", 9486)
+    job["spec"]["trainer"]["data"] = {"source": "text", "path": "/no/such/corpus"}
+    run = await Run(write(tmp_path, job), tmp_path / "run").start()
+    assert await run.finish() == 1, run.output
+    assert "[Warning InvalidConfig]" in run.output and "/no/such/corpus" in run.output
+    assert re.search(r"restarts\s+0 \(preemptions 0\)", run.output)
+    assert "attempt 1" not in run.output
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["phase"] == "Failed" and status["status"]["lastFailure"]["exitCode"] == 2
