@@ -97,3 +97,16 @@ async def test_a_config_the_trainer_refuses_fails_without_restarting(tmp_path: P
     assert "attempt 1" not in run.output
     status = json.loads((tmp_path / "run" / "status.json").read_text())
     assert status["phase"] == "Failed" and status["status"]["lastFailure"]["exitCode"] == 2
+
+
+async def test_sigterm_to_a_worker_is_a_preemption_not_a_restart(tmp_path: Path) -> None:
+    """A worker that saves on SIGTERM and exits 143 uses the preemption budget, not maxRestarts."""
+    run_dir = tmp_path / "run"
+    run = await Run(write(tmp_path, tiny_job("evicted", 9487)), run_dir).start()
+    pid = int((await run.wait_for_line(r"attempt 0 rank 0: pid (\d+)")).group(1))
+    await wait_for_checkpoint(run_dir, 25)
+    os.kill(pid, signal.SIGTERM)  # what the kubelet sends on eviction or preemption
+    assert await run.finish() == 0, run.output
+    # The trainer spreads a stop request over the gang, so any rank may be seen first.
+    assert re.search(r"\[Warning PreemptedRestart\] Preempted: rank \d exited 143", run.output), run.output
+    assert re.search(r"restarts\s+0 \(preemptions 1\)", run.output), run.output
