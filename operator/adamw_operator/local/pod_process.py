@@ -20,6 +20,7 @@ kopf-free and torch-free.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import re
 import shutil
@@ -283,6 +284,7 @@ class LocalProcess:
             *self.launch.argv, env=self.launch.env, cwd=self.launch.cwd,
             stdin=asyncio.subprocess.DEVNULL, stdout=self._log, stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # a terminal's Ctrl-C must not reach it; the runner decides
+            preexec_fn=_die_with_parent,
         )
 
     @property
@@ -327,6 +329,26 @@ class LocalProcess:
             message = tail(self.launch.layout.log_file)
         return Termination(exit_code=exit_code, reason="Completed" if exit_code == 0 else "Error",
                            message=message, signal=sig)
+
+
+def _load_prctl() -> Any:
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl if sys.platform.startswith("linux") else None
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()  # loaded up front: the child must not import between fork and exec
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL the worker if its supervisor dies, so no trainer is left orphaned.
+
+    (Containers outlive a kubelet restart; a local worker without its runner is just lost.)
+    """
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def read_termination_message(path: Path) -> str:
