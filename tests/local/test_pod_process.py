@@ -104,3 +104,38 @@ def test_loss_points_keep_the_latest_attempt_after_a_resume(tmp_path: Path) -> N
     points, resumes = loss_points([first, second])
     assert points == [(10, 3.0), (20, 3.0), (30, 2.0), (40, 2.0), (50, 2.0)]
     assert resumes == [30]
+
+
+async def test_a_worker_does_not_outlive_its_supervisor(tmp_path: Path) -> None:
+    """A runner killed with -9 must not leave trainers burning CPU (PR_SET_PDEATHSIG)."""
+    import asyncio
+    import os
+    import sys
+
+    script = f"""
+import asyncio, os
+from pathlib import Path
+from adamw_operator.local.pod_process import LocalProcess, prepare_pod
+async def main():
+    pod = {{"metadata": {{"name": "p", "uid": "u1"}},
+           "spec": {{"containers": [{{"name": "t", "command": ["sleep", "60"]}}]}}}}
+    process = LocalProcess(prepare_pod(pod, root=Path({str(tmp_path)!r}), pod_ip="127.0.0.9", config_maps={{}}))
+    await process.start()
+    print(process.pid, flush=True)
+    os._exit(0)  # the supervisor dies without stopping its worker
+asyncio.run(main())
+"""
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    worker = int(out)
+    for _ in range(50):
+        try:
+            with open(f"/proc/{worker}/stat") as f:
+                state = f.read().split(")")[-1].split()[0]
+        except FileNotFoundError:
+            return  # gone and reaped
+        if state == "Z":
+            return  # dead, waiting for a reaper
+        await asyncio.sleep(0.05)
+    os.kill(worker, 9)
+    raise AssertionError("the worker survived its supervisor")
