@@ -100,6 +100,7 @@ class LocalJob:
         self._stop_requests = 0
         self._subnet = random.randrange(1, 255)  # 127.<subnet>.x.y: apart from other local runs
         self._master_port: tuple[int, int] | None = None  # (attempt, port)
+        self._deletions: set[asyncio.Task[None]] = set()
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -227,7 +228,9 @@ class LocalJob:
             self.workers.pop(name, None)  # the kubelet confirmed: the pod object is gone
             self._changed.set()
 
-        asyncio.create_task(stop_and_forget())
+        task = asyncio.create_task(stop_and_forget())
+        self._deletions.add(task)
+        task.add_done_callback(self._deletions.discard)
 
     async def _stop_all(self) -> None:
         """Stop every worker like a pod deletion (SIGTERM, grace, SIGKILL) and wait."""
@@ -235,7 +238,7 @@ class LocalJob:
                  if w.process.running]
         await asyncio.gather(*stops)
         tasks = [w.task for w in self.workers.values() if w.task is not None]
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, *self._deletions, return_exceptions=True)
 
     async def _poll_progress(self, http: aiohttp.ClientSession) -> None:
         rank0 = next((w for w in self.workers.values() if w.rank == 0 and not w.deleting), None)
