@@ -89,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     metrics = OperatorMetrics()
     registry = kopf.OperatorRegistry()
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        """In-cluster service account, else the kubeconfig (via the kubernetes client)."""
+        return kopf.login_via_client(**kwargs)
+
     @kopf.on.startup(registry=registry)
     def settings(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.level = logging.WARNING  # our own Events tell the job's story

@@ -41,6 +41,9 @@ async def test_job_runs_to_success(kube, fake_kubelet):
         assert st["restarts"] == 0 and st["step"] == 40 and st["completionTime"]
         assert condition(job, "Succeeded")["status"] == "True"
         assert st["observedGeneration"] == job["metadata"]["generation"]
+        # the operator writes only the status: no finalizers or Kopf annotations on the job
+        assert not job["metadata"].get("finalizers")
+        assert not any("kopf" in k for k in job["metadata"].get("annotations", {}))
 
 
 async def test_crash_gang_restarts_then_succeeds(kube, fake_kubelet):
