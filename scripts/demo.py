@@ -31,7 +31,9 @@ def finished(run_dir: Path) -> bool:
 
 
 def main() -> int:
-    if finished(RUN_DIR):
+    from adamw_operator.local.run_dir import in_use
+
+    if finished(RUN_DIR) and not in_use(RUN_DIR):
         aside = RUN_DIR.with_name(time.strftime("quickstart-%Y%m%d-%H%M%S"))
         RUN_DIR.rename(aside)
         print(f"The previous demo run finished; kept it in {aside.relative_to(ROOT)}.")

@@ -39,6 +39,9 @@ async def test_ctrl_c_saves_and_the_same_command_resumes(tmp_path: Path) -> None
     manifest = write(tmp_path, tiny_job("pausable", 9482))
     first = await Run(manifest, run_dir).start()
     await wait_for_checkpoint(run_dir, 50)
+    intruder = await Run(manifest, run_dir).start()  # a second run would corrupt the checkpoints
+    assert await intruder.finish(timeout=30) == 2
+    assert f"{run_dir} is in use by another adamw-job run (pid {first.proc.pid})" in intruder.output
     first.proc.send_signal(signal.SIGINT)
     assert await first.finish() == 130, first.output
     assert "pausable: Interrupted" in first.output

@@ -41,3 +41,14 @@ def test_refusals_name_the_problem(tmp_path: Path, text: str, expected: str) -> 
 def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read the file"):
         load_manifest(tmp_path / "absent.yaml")
+
+
+def test_a_run_directory_is_held_by_one_run_at_a_time(tmp_path: Path) -> None:
+    from adamw_operator.local.run_dir import RunDirBusy, exclusive, in_use
+
+    assert not in_use(tmp_path / "run")
+    with exclusive(tmp_path / "run"):
+        assert in_use(tmp_path / "run")
+        with pytest.raises(RunDirBusy, match="in use by another adamw-job run"), exclusive(tmp_path / "run"):
+            pass
+    assert not in_use(tmp_path / "run")

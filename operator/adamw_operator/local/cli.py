@@ -12,7 +12,8 @@ Ctrl-C asks the workers to save a checkpoint and stop; running the command again
 The run directory holds checkpoints/, pods/<pod>/container.log (each worker's output),
 loss.png and status.json (the final job status, as `kubectl get awj -o yaml` would show).
 
-Exit codes: 0 succeeded, 1 failed, 2 invalid manifest, 130 interrupted.
+Exit codes: 0 succeeded, 1 failed, 2 invalid manifest or cannot run here (e.g. the run
+directory is in use by another run), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from adamw_trainer.config import ConfigError
 
 from .loss_curve import loss_points, write_loss_curve
 from .manifest import load_manifest, validate_manifest
+from .run_dir import RunDirBusy, exclusive
 from .supervisor import LocalJob, LocalRunError
 from .view import ConsoleView, summary
 
@@ -64,6 +66,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _run(name: str, namespace: str, spec, manifest: Path, run_dir: Path, *, prometheus: bool) -> int:  # noqa: ANN001
+    try:
+        with exclusive(run_dir.resolve()):
+            return await _run_locked(name, namespace, spec, manifest, run_dir, prometheus=prometheus)
+    except RunDirBusy as err:
+        print(f"adamw-job: {err}", file=sys.stderr)
+        return EXIT_INVALID
+
+
+async def _run_locked(name: str, namespace: str, spec, manifest: Path, run_dir: Path, *,  # noqa: ANN001
+                      prometheus: bool) -> int:
     view = ConsoleView()
     job = LocalJob(name=name, spec=spec, root=run_dir.resolve(), reporter=_Recorder(view, run_dir.resolve()),
                    namespace=namespace)
