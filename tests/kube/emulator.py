@@ -28,10 +28,12 @@ from typing import Any
 import aiohttp.web
 import attrs
 import kmock
+import yaml
 from kmock._internal import rendering
 
 from tests.kube.selectors import parse_field_selector, parse_label_selector
 from tests.kube.store import (
+    CRDS,
     DEFAULT_RESOURCES,
     NAMESPACES,
     PODS,
@@ -44,6 +46,7 @@ from tests.kube.store import (
     merge_patch,
     now_iso,
 )
+from tests.kube.tables import render_table, wants_table
 
 _PATH = re.compile(
     r"^/(?:api/(?P<core>v1)|apis/(?P<group>[^/]+)/(?P<version>[^/]+))"
@@ -191,13 +194,17 @@ class KubeEmulator(kmock.KubernetesScaffold):
     async def _dispatch(self, method: str, rt: ResourceType, namespace: str | None,
                         name: str | None, sub: str | None, request: rendering.Request) -> Obj:
         store, data = self.store, request.data
+        table = wants_table(request.headers.get("Accept"))
         if method == "GET" and name is None:
             items = store.list(rt, namespace, _predicate(request.params))
+            if table:
+                return render_table(store, rt, items, str(store.revision))
             return {"kind": f"{rt.kind}List", "apiVersion": rt.api_version,
                     "metadata": {"resourceVersion": str(store.revision), "continue": ""},
                     "items": items}
         if method == "GET":
-            return store.get(rt, namespace, name)
+            obj = store.get(rt, namespace, name)
+            return render_table(store, rt, [obj], str(store.revision)) if table else obj
         if method == "POST" and name is None:
             return store.create(rt, namespace, _body(data))
         if method == "POST" and rt.key == PODS.key and sub == "eviction":
@@ -443,8 +450,13 @@ def _kubeconfig_env(path: Path) -> Iterable[None]:
 @contextlib.asynccontextmanager
 async def kube_api(*, namespaces: Iterable[str] = ("default",),
                    resources: Iterable[ResourceType] = (),
+                   crd_files: Iterable[Path] = (),
                    workdir: Path | None = None) -> AsyncIterator[KubeAPI]:
-    """Start the emulator on a free localhost port, with namespaces created and KUBECONFIG set."""
+    """Start the emulator on a free localhost port, with namespaces created and KUBECONFIG set.
+
+    `crd_files`: CustomResourceDefinition YAML files to install (their printer columns are
+    what `kubectl get` shows; the resources themselves are declared in store.py).
+    """
     from tests.kube.client import KubeClient
 
     emulator = KubeEmulator()
@@ -452,6 +464,10 @@ async def kube_api(*, namespaces: Iterable[str] = ("default",),
         emulator.declare(rt)
     for ns in namespaces:
         emulator.store.create(NAMESPACES, None, {"metadata": {"name": ns}, "status": {"phase": "Active"}})
+    for path in crd_files:
+        for doc in yaml.safe_load_all(Path(path).read_text()):
+            if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
+                emulator.store.create(CRDS, None, doc)
     with contextlib.ExitStack() as stack:
         if workdir is None:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kube-emulator-")))

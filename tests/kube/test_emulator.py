@@ -240,3 +240,26 @@ async def test_the_kubernetes_client_and_kubectl_talk_to_it(kube: KubeAPI) -> No
     out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
     assert out.decode().split() == ["configmap/from-client"]
+
+
+async def test_kubectl_get_shows_the_crds_printer_columns(tmp_path: Path) -> None:
+    """`kubectl get awj` renders the CRD's additionalPrinterColumns from the job's status."""
+    from tests.kube.emulator import kube_api
+
+    repo = Path(__file__).resolve().parents[2]
+    kubectl = repo / ".tools/kubectl/kubectl"
+    crd = repo / "crds" / "adamwtrainingjobs.training.adamw.io.yaml"
+    if not kubectl.exists() or not crd.exists():
+        pytest.skip("kubectl (make tools) or the generated CRD is missing")
+    async with kube_api(workdir=tmp_path, crd_files=[crd]) as api:
+        await api.client.create("awj", JOB)
+        await api.client.patch("awj", "job1", {"status": {
+            "phase": "Running", "step": 120, "loss": 2.5, "nonfiniteRate": 0.01, "restarts": 1,
+            "lastCheckpoint": {"step": 100}}}, subresource="status")
+        proc = await asyncio.create_subprocess_exec(
+            str(kubectl), "get", "awj", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    header, row = out.decode().splitlines()
+    assert header.split() == ["NAME", "STATE", "STEP", "LOSS", "NAN-RATE", "RESTARTS", "LAST-CHECKPOINT", "AGE"]
+    assert row.split()[:7] == ["job1", "Running", "120", "2.5", "0.01", "1", "100"]
