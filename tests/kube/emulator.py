@@ -79,6 +79,8 @@ class KubeEmulator(kmock.KubernetesScaffold):
 
     store: Store = attrs.field(factory=Store)
     faults: list[Fault] = attrs.field(factory=list)
+    # KMock logs every request (bodies included) for assertions; long benchmarks cap it.
+    keep_requests: int | None = None
     _watches: list[_OpenWatch] = attrs.field(factory=list)
 
     def __attrs_post_init__(self) -> None:
@@ -167,6 +169,8 @@ class KubeEmulator(kmock.KubernetesScaffold):
     # -- HTTP dispatch -----------------------------------------------------------------------
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        if self.keep_requests is not None and len(self._requests) > 2 * self.keep_requests + 1:
+            del self._requests[: len(self._requests) - self.keep_requests]
         raw = request._raw_request
         path = request.url.path
         method = raw.method.upper() if raw is not None else str(request.method).upper()
@@ -451,15 +455,17 @@ def _kubeconfig_env(path: Path) -> Iterable[None]:
 async def kube_api(*, namespaces: Iterable[str] = ("default",),
                    resources: Iterable[ResourceType] = (),
                    crd_files: Iterable[Path] = (),
+                   keep_requests: int | None = None,
                    workdir: Path | None = None) -> AsyncIterator[KubeAPI]:
     """Start the emulator on a free localhost port, with namespaces created and KUBECONFIG set.
 
     `crd_files`: CustomResourceDefinition YAML files to install (their printer columns are
     what `kubectl get` shows; the resources themselves are declared in store.py).
+    `keep_requests`: keep only about that many requests in `emulator.requests` (benchmarks).
     """
     from tests.kube.client import KubeClient
 
-    emulator = KubeEmulator()
+    emulator = KubeEmulator(keep_requests=keep_requests)
     for rt in resources:
         emulator.declare(rt)
     for ns in namespaces:
