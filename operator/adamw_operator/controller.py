@@ -80,6 +80,8 @@ class Controller:
         self._ticker: asyncio.Task[Any] | None = None
         self._http: aiohttp.ClientSession | None = None
         self._event_seq = 0
+        self._written: dict[Key, str] = {}  # resourceVersion of our last status write
+        self._pods: dict[Key, tuple[str | None, WorkerObservation]] = {}
 
     # Lifecycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -98,11 +100,32 @@ class Controller:
 
     def forget(self, namespace: str, name: str) -> None:
         key = (namespace, name)
-        for table in (self._due, self._phase, self._rank0, self._failure_seen, self._error_backoff):
+        for table in (self._due, self._phase, self._rank0, self._failure_seen, self._error_backoff,
+                      self._written):
             table.pop(key, None)
         self.metrics.set_phase(namespace, name, None)
 
     # Triggers --------------------------------------------------------------------
+    async def job_event(self, namespace: str, name: str, body: dict[str, Any]) -> None:
+        """A job changed; the echo of this operator's own status write needs no reconcile."""
+        rv = (body.get("metadata") or {}).get("resourceVersion")
+        if rv is not None and self._written.get((namespace, name)) == rv:
+            return
+        await self.reconcile(namespace, name)
+
+    async def pod_event(self, namespace: str, job: str, event_type: str | None, pod: dict[str, Any]) -> None:
+        """A worker pod changed; reconcile only when what the decision reads changed."""
+        meta = pod.get("metadata") or {}
+        key = (namespace, meta.get("name", ""))
+        if event_type == "DELETED":
+            self._pods.pop(key, None)
+        else:
+            seen = (meta.get("uid"), observe_pod(pod))
+            if self._pods.get(key) == seen:
+                return  # e.g. the scheduler binding it to a node
+            self._pods[key] = seen
+        await self.reconcile(namespace, job)
+
     async def reconcile(self, namespace: str, name: str) -> None:
         """Reconcile now, or make the one in progress go round again."""
         key = (namespace, name)
@@ -181,7 +204,7 @@ class Controller:
         # between here and the deletes can never count the same failure twice.
         patch = merge_patch(old, st)
         if patch:
-            await self.kube.patch_job_status(namespace, name, patch)
+            await self._write_status(namespace, name, patch)
         written = dict(st)
         if plan.failure_observed:
             reason = (st.get("lastFailure") or {}).get("reason", "Unknown")
@@ -204,7 +227,7 @@ class Controller:
                 if before.get("message") != message:  # retried periodically; said once
                     plan.events.append(Event("Warning", "PodRejected", message))
                 plan.requeue(self.rejected_retry_seconds)
-                await self.kube.patch_job_status(namespace, name, merge_patch(written, st))
+                await self._write_status(namespace, name, merge_patch(written, st))
             else:
                 if key in self._failure_seen:
                     seen, delay = self._failure_seen.pop(key)
@@ -213,7 +236,7 @@ class Controller:
                 if rejected.get("reason") == "PodRejected" and rejected.get("status") == "True":
                     set_condition(st, "InvalidSpec", False, "PodsCreated", "", self.clock(),
                                   st.get("observedGeneration"))
-                    await self.kube.patch_job_status(namespace, name, merge_patch(written, st))
+                    await self._write_status(namespace, name, merge_patch(written, st))
         for event in plan.events:
             await self.post_event(body, event)
         self._phase[key] = st.get("phase")
@@ -224,6 +247,12 @@ class Controller:
             return
         if plan.requeue_after is not None:
             self._requeue(key, plan.requeue_after)
+
+    async def _write_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        result = await self.kube.patch_job_status(namespace, name, patch)
+        rv = ((result or {}).get("metadata") or {}).get("resourceVersion")
+        if rv is not None:
+            self._written[(namespace, name)] = rv
 
     async def _create_workers(self, namespace: str, name: str, uid: str, spec: AdamWTrainingJobSpec,
                               st: dict[str, Any], ranks: list[int]) -> str | None:
@@ -323,7 +352,7 @@ class Controller:
                 return
             patch, events = fold_progress(status, report, self.clock())
             if patch:
-                await self.kube.patch_job_status(namespace, name, patch)
+                await self._write_status(namespace, name, patch)
             for event in events:
                 await self.post_event(body, event)
 

@@ -28,14 +28,15 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> kopf.Op
         await controller.stop()
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    async def job_changed(type: str | None, name: str, namespace: str, **_: Any) -> None:
+    async def job_changed(type: str | None, name: str, namespace: str, body: Any, **_: Any) -> None:
         if type == "DELETED":
             controller.forget(namespace, name)
             return
-        await controller.reconcile(namespace, name)
+        await controller.job_event(namespace, name, dict(body))
 
     @kopf.on.event("", "v1", "pods", labels={LABEL_JOB: kopf.PRESENT}, registry=registry)
-    async def worker_changed(labels: dict[str, str], namespace: str, **_: Any) -> None:
-        await controller.reconcile(namespace, labels[LABEL_JOB])
+    async def worker_changed(type: str | None, labels: dict[str, str], namespace: str, body: Any,
+                             **_: Any) -> None:
+        await controller.pod_event(namespace, labels[LABEL_JOB], type, dict(body))
 
     return registry

@@ -136,8 +136,8 @@ class LocalJob:
                         self._delete(name)
                     if plan.create_ranks:
                         await self._create(plan.create_ranks)
-                    if self.status.get("phase") in TERMINAL_PHASES and not self._running():
-                        break
+                    if self.status.get("phase") in TERMINAL_PHASES:
+                        break  # workers still running are stopped below, whatever cleanPodPolicy says
                     if self.status.get("phase") == "Running" and loop.time() >= next_poll:
                         next_poll = loop.time() + POLL_SECONDS
                         await self._poll_progress(http)
@@ -151,9 +151,6 @@ class LocalJob:
         return self.status
 
     # -- carrying out the plan --------------------------------------------------------------
-
-    def _running(self) -> bool:
-        return any(w.process.running for w in self.workers.values())
 
     def ip_of(self, rank: int) -> str:
         """Rank r's pod IP: its own loopback address, the same in every attempt of this run."""
