@@ -52,3 +52,14 @@ def test_a_run_directory_is_held_by_one_run_at_a_time(tmp_path: Path) -> None:
         with pytest.raises(RunDirBusy, match="in use by another adamw-job run"), exclusive(tmp_path / "run"):
             pass
     assert not in_use(tmp_path / "run")
+
+
+def test_a_suspended_job_runs_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from adamw_operator.local.cli import main
+
+    path = tmp_path / "job.yaml"
+    path.write_text("kind: AdamWTrainingJob\napiVersion: training.adamw.io/v1alpha1\n"
+                    "metadata: {name: paused}\nspec: {image: x, suspend: true}\n")
+    assert main(["run", str(path), "--dir", str(tmp_path / "run")]) == 0
+    assert "spec.suspend: true" in capsys.readouterr().out
+    assert not (tmp_path / "run").exists()

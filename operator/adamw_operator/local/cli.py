@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"adamw-job: {err}", file=sys.stderr)
         return EXIT_INVALID
     name = metadata["name"]
+    if spec.suspend:  # on a cluster the job would wait, workers deleted, until resumed
+        print(f"adamw-job: {name} has spec.suspend: true, so there is nothing to run; "
+              "set it to false to run it")
+        return EXIT_OK
     run_dir = args.dir or Path("runs") / name
     return asyncio.run(_run(name, metadata.get("namespace") or "default", spec, args.file, run_dir,
                             prometheus=args.prometheus))
