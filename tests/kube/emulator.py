@@ -185,7 +185,9 @@ class KubeEmulator(kmock.KubernetesScaffold):
         try:
             if method == "GET" and request.params.get("watch") in ("true", "1"):
                 return await self._watch(raw, rt, namespace, request.params)
-            return _json(await self._dispatch(method, rt, namespace, name, sub, request))
+            result = await self._dispatch(method, rt, namespace, name, sub, request)
+            created = method == "POST" and name is None
+            return aiohttp.web.json_response(result, status=201 if created else 200)
         except ApiError as e:
             return _status_response(e)
 
@@ -342,10 +344,6 @@ def _bookmark(rt: ResourceType, revision: int, *, initial: bool) -> Obj:
 
 def _line(kind: str, obj: Obj) -> bytes:
     return json.dumps({"type": kind, "object": obj}).encode() + b"\n"
-
-
-def _json(obj: Obj) -> aiohttp.web.Response:
-    return aiohttp.web.json_response(obj)
 
 
 def _status_response(error: ApiError) -> aiohttp.web.Response:
