@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -27,8 +28,12 @@ def status_line(status: dict[str, Any]) -> str:
     loss = status.get("loss")
     tps = status.get("tokensPerSecond")
     ckpt = checkpoint_step(status)
+    phase = status.get("phase") or "Pending"
+    if phase == "Restarting" and status.get("restartAfterTime"):
+        wait = _seconds_until(status["restartAfterTime"])
+        phase = f"Restarting in {wait:.0f}s" if wait > 0 else phase
     parts = [
-        f"{status.get('phase') or 'Pending':<10}",
+        f"{phase:<10}",
         f"step {step if step is not None else '-'}/{max_steps if max_steps is not None else '-'}",
         f"loss {loss:.4f}" if isinstance(loss, (int, float)) else "loss -",
         f"{tps:,.0f} tok/s" if isinstance(tps, (int, float)) else "- tok/s",
@@ -38,6 +43,14 @@ def status_line(status: dict[str, Any]) -> str:
         f"last ckpt {ckpt if ckpt is not None else '-'}",
     ]
     return " | ".join(parts)
+
+
+def _seconds_until(rfc3339: str) -> float:
+    try:
+        when = datetime.fromisoformat(rfc3339.replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    return (when - datetime.now(UTC)).total_seconds()
 
 
 class ConsoleView:
@@ -88,7 +101,7 @@ class ConsoleView:
 
 
 def _phase(line: str) -> str:
-    return line.split("|")[0].strip() if line else ""
+    return line.split("|")[0].strip().split(" ")[0] if line else ""
 
 
 def summary(name: str, status: dict[str, Any], *, interrupted: bool, wall_seconds: float,
