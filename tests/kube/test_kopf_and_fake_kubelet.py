@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import kopf
+import pytest
 
 from tests.kube.emulator import KubeAPI
 from tests.kube.kopf_runner import run_operator
@@ -133,3 +135,20 @@ async def test_peering_lets_only_the_highest_priority_operator_act(kube: KubeAPI
         await kube.client.wait_for("awj", "job1", lambda j: high.seen == ["job1"])
         await asyncio.sleep(0.5)
     assert low.seen == []
+
+
+async def test_a_handler_module_is_loaded_into_a_fresh_registry_each_time(
+        kube: KubeAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.kube.kopf_runner import load_registry
+
+    (tmp_path / "toy_handlers.py").write_text(
+        "import kopf\n"
+        "@kopf.on.create('training.adamw.io', 'v1alpha1', 'adamwtrainingjobs')\n"
+        "async def created(patch, **_):\n"
+        "    patch.status['phase'] = 'Seen'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    first, second = load_registry("toy_handlers"), load_registry("toy_handlers")
+    assert len(first._changing.get_all_handlers()) == len(second._changing.get_all_handlers()) == 1
+    async with run_operator(kube, module="toy_handlers"):
+        await kube.client.create("awj", JOB)
+        await kube.client.wait_for("awj", "job1", lambda j: (j.get("status") or {}).get("phase") == "Seen")
