@@ -69,6 +69,10 @@ def configure_logging(fmt: str, verbose: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not verbose:
+        # Kopf logs "Handler ... succeeded" for every watch event: thousands a minute on a
+        # busy cluster, and nothing our own logs and Events do not already say.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:

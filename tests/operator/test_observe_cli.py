@@ -1,0 +1,81 @@
+"""Reading pods into observations, and the operator's command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from adamw_operator.cli import JsonFormatter, build_parser, main
+from adamw_operator.observe import observe_pod
+
+
+def pod(phase="Running", terminated=None, reason=None, conditions=(), deleting=False):
+    status = {"phase": phase, "podIP": "10.1.2.3", "conditions": list(conditions)}
+    if reason:
+        status["reason"] = reason
+    if terminated is not None:
+        status["containerStatuses"] = [{"name": "trainer", "state": {"terminated": terminated}}]
+    meta = {"name": "j-worker-1", "labels": {"training.adamw.io/replica-index": "1",
+                                             "training.adamw.io/attempt": "2"}}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    return {"metadata": meta, "status": status}
+
+
+def test_running_pod():
+    w = observe_pod(pod())
+    assert (w.rank, w.attempt, w.phase, w.pod_ip) == (1, 2, "Running", "10.1.2.3")
+    assert not w.failed and not w.finished and not w.preempted
+
+
+def test_termination_message_is_parsed():
+    message = json.dumps({"reason": "Diverged", "exitCode": 3, "step": 77, "lastGoodCheckpointStep": 60,
+                          "message": "NaN for 20 steps"})
+    w = observe_pod(pod("Failed", {"exitCode": 3, "reason": "Error", "message": message}))
+    assert w.failed and w.exit_code == 3
+    assert w.termination.step == 77 and w.termination.last_good_checkpoint_step == 60
+
+
+def test_garbage_termination_message_is_kept_as_text():
+    w = observe_pod(pod("Failed", {"exitCode": 1, "reason": "Error", "message": "Traceback ..."}))
+    assert w.termination is None and w.message == "Traceback ..."
+
+
+@pytest.mark.parametrize("status", [
+    {"reason": "Evicted"},
+    {"conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}]},
+])
+def test_eviction_and_preemption_are_disruptions(status):
+    w = observe_pod(pod("Failed", {"exitCode": 137, "reason": "Error"}, reason=status.get("reason"),
+                        conditions=status.get("conditions", ())))
+    assert w.preempted and w.failed
+
+
+def test_sigterm_exit_after_save_is_a_preemption():
+    assert observe_pod(pod("Failed", {"exitCode": 143, "reason": "Error"})).preempted
+
+
+def test_oom_kill_is_a_crash_not_a_preemption():
+    w = observe_pod(pod("Failed", {"exitCode": 137, "reason": "OOMKilled"}))
+    assert w.failed and not w.preempted
+
+
+def test_cli_requires_a_scope(capsys):
+    assert main([]) == 2
+    assert "--all-namespaces" in capsys.readouterr().err
+
+
+def test_cli_flags():
+    args = build_parser().parse_args(["-n", "a", "-n", "b", "--peering", "adamw", "--metrics-port", "9200"])
+    assert args.namespace == ["a", "b"] and args.peering == "adamw" and args.metrics_port == 9200
+    assert args.liveness_port == 8080 and args.log_format == "json"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["-A", "-n", "a"])  # one scope or the other
+
+
+def test_json_logs_are_one_object_per_line():
+    record = logging.LogRecord("adamw_operator", logging.WARNING, __file__, 1, "job %s failed", ("x",), None)
+    line = JsonFormatter().format(record)
+    data = json.loads(line)
+    assert data["level"] == "warning" and data["message"] == "job x failed" and "\n" not in line
