@@ -50,9 +50,7 @@ def memo_for(api: KubeAPI) -> kopf.Memo:
 
 
 async def test_kopf_creates_children_and_sees_kubelet_updates(kube: KubeAPI, fake_kubelet: FakeKubelet) -> None:
-    started = time.monotonic()
     async with run_operator(kube, setup=toy_operator, wait_for_watches=(JOBS, PODS), memo=memo_for(kube)) as op:
-        ready_after = time.monotonic() - started
         await kube.client.create("awj", JOB)
         pods = await kube.client.wait_for_list(
             "pods", lambda items: len(items) == 2 and all(p["status"]["phase"] == "Running" for p in items),
@@ -67,8 +65,9 @@ async def test_kopf_creates_children_and_sees_kubelet_updates(kube: KubeAPI, fak
         assert terminated == {**terminated, "exitCode": 1, "reason": "Error", "message": '{"reason":"Crashed"}'}
         await asyncio.sleep(0.3)
         assert ("job1-worker-1", "Failed") in op.memo.seen
-    stopped_after = time.monotonic() - started
-    assert ready_after < 3 and stopped_after < 10
+        stopping = time.monotonic()
+    # Kopf stops on the stop flag; a task it wrongly took for its own would hold it >= 5 s.
+    assert time.monotonic() - stopping < 5
 
 
 async def test_kopf_survives_api_errors_and_dropped_watches(kube: KubeAPI, fake_kubelet: FakeKubelet) -> None:
