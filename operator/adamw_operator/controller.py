@@ -155,15 +155,26 @@ class Controller:
             self._error_backoff.pop(key, None)
         except asyncio.CancelledError:
             raise
+        except ApiError as err:
+            if err.status == 409:
+                # Someone wrote the job since we read it (the user, or another replica):
+                # decide again on the new state at once rather than after an error backoff.
+                self.metrics.reconcile_errors.labels(kind="conflict").inc()
+                self._requeue(key, 0.05)
+            else:
+                self._failed(key, err, f"http{err.status}")
         except Exception as err:  # noqa: BLE001 - any failure: count, log, retry later
-            kind = f"http{err.status}" if isinstance(err, ApiError) else type(err).__name__
-            self.metrics.reconcile_errors.labels(kind=kind).inc()
-            delay = min(30.0, self._error_backoff.get(key, 0.25) * 2)
-            self._error_backoff[key] = delay
-            self._requeue(key, delay)
-            log.warning("reconcile %s/%s failed (retry in %.1fs): %s", namespace, name, delay, err)
+            self._failed(key, err, type(err).__name__)
         finally:
             self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
+
+    def _failed(self, key: Key, err: Exception, kind: str) -> None:
+        """Count, log and retry with a growing delay (capped at 30 s)."""
+        self.metrics.reconcile_errors.labels(kind=kind).inc()
+        delay = min(30.0, self._error_backoff.get(key, 0.25) * 2)
+        self._error_backoff[key] = delay
+        self._requeue(key, delay)
+        log.warning("reconcile %s/%s failed (retry in %.1fs): %s", *key, delay, err)
 
     def _requeue(self, key: Key, seconds: float) -> None:
         due = time.monotonic() + seconds
@@ -203,8 +214,9 @@ class Controller:
         # Status first: once the next attempt number is stored, a crash of this process
         # between here and the deletes can never count the same failure twice.
         patch = merge_patch(old, st)
+        version = meta.get("resourceVersion")
         if patch:
-            await self._write_status(namespace, name, patch)
+            version = await self._write_status(namespace, name, patch, version)
         written = dict(st)
         if plan.failure_observed:
             reason = (st.get("lastFailure") or {}).get("reason", "Unknown")
@@ -227,7 +239,7 @@ class Controller:
                 if before.get("message") != message:  # retried periodically; said once
                     plan.events.append(Event("Warning", "PodRejected", message))
                 plan.requeue(self.rejected_retry_seconds)
-                await self._write_status(namespace, name, merge_patch(written, st))
+                await self._write_status(namespace, name, merge_patch(written, st), None)
             else:
                 if key in self._failure_seen:
                     seen, delay = self._failure_seen.pop(key)
@@ -236,7 +248,7 @@ class Controller:
                 if rejected.get("reason") == "PodRejected" and rejected.get("status") == "True":
                     set_condition(st, "InvalidSpec", False, "PodsCreated", "", self.clock(),
                                   st.get("observedGeneration"))
-                    await self._write_status(namespace, name, merge_patch(written, st))
+                    await self._write_status(namespace, name, merge_patch(written, st), None)
         for event in plan.events:
             await self.post_event(body, event)
         self._phase[key] = st.get("phase")
@@ -248,11 +260,18 @@ class Controller:
         if plan.requeue_after is not None:
             self._requeue(key, plan.requeue_after)
 
-    async def _write_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
-        result = await self.kube.patch_job_status(namespace, name, patch)
+    async def _write_status(self, namespace: str, name: str, patch: dict[str, Any],
+                            resource_version: str | None) -> str | None:
+        """Write status conditionally on the version we decided from; the new version.
+
+        Two replicas (a peering hand-over, a restarted operator) can never both act on the
+        same observation: the second write fails with 409 and that reconcile starts over.
+        """
+        result = await self.kube.patch_job_status(namespace, name, patch, resource_version)
         rv = ((result or {}).get("metadata") or {}).get("resourceVersion")
         if rv is not None:
             self._written[(namespace, name)] = rv
+        return rv
 
     async def _create_workers(self, namespace: str, name: str, uid: str, spec: AdamWTrainingJobSpec,
                               st: dict[str, Any], ranks: list[int]) -> str | None:
@@ -352,7 +371,8 @@ class Controller:
                 return
             patch, events = fold_progress(status, report, self.clock())
             if patch:
-                await self._write_status(namespace, name, patch)
+                await self._write_status(namespace, name, patch,
+                                         (body.get("metadata") or {}).get("resourceVersion"))
             for event in events:
                 await self.post_event(body, event)
 

@@ -121,9 +121,14 @@ class KubeClient:
                 return None
             raise
 
-    async def patch_job_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+    async def patch_job_status(self, namespace: str, name: str, status: dict[str, Any],
+                               resource_version: str | None = None) -> dict[str, Any]:
+        """Merge-patch the status; with `resource_version`, only if nobody wrote since (else 409)."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
         return await self.request(
-            "PATCH", self.job_path(namespace, name) + "/status", {"status": status},
+            "PATCH", self.job_path(namespace, name) + "/status", body,
             content_type="application/merge-patch+json",
         )
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 
+from adamw_operator.controller import Controller
+from adamw_operator.kube import KubeClient
+
 from tests.kube.store import JOBS, PODS
 from tests.operator.harness import condition, events_for, phase_is, running_operator, workers
 from tests.operator.jobs import job_manifest
@@ -188,3 +191,38 @@ async def test_pod_refused_by_the_server_is_reported_then_cleared(kube, fake_kub
         assert rejected and rejected[0][1] == "PodRejected" and "tolerations[0].operator" in rejected[0][2]
         reasons = [e["reason"] for e in await events_for(kube, "rej")]
         assert reasons.count("PodRejected") == 1
+
+
+class StaleOnce(KubeClient):
+    """A replica that read the job before a restart (a peering hand-over, a slow operator)."""
+
+    def __init__(self, url, stale):
+        super().__init__(url)
+        self.stale = stale
+
+    async def get_job(self, namespace, name):
+        if self.stale is not None:
+            stale, self.stale = self.stale, None
+            return stale
+        return await super().get_job(namespace, name)
+
+
+async def test_a_replica_acting_on_a_stale_view_cannot_undo_a_restart(kube, fake_kubelet):
+    async with running_operator(kube):
+        await kube.client.create("awj", job_manifest("race"))
+        await all_running(kube, "race", 0)
+        await kube.client.wait_for("awj", "race", phase_is("Running"), timeout=WAIT)
+        stale = await kube.client.get("awj", "race")
+        await fake_kubelet.finish("race-worker-1", 1)
+        current = await all_running(kube, "race", 1)
+        other = Controller(StaleOnce(kube.url, stale))
+        try:
+            await other.reconcile("default", "race")  # decides on attempt 0: its write is refused
+            job = await kube.client.get("awj", "race")
+            assert job["status"]["attempt"] == 1 and job["status"]["restarts"] == 1
+            assert {p["metadata"]["uid"] for p in await workers(kube, "race")} == \
+                {p["metadata"]["uid"] for p in current}  # the new attempt's pods are untouched
+            await other.reconcile("default", "race")  # then it reads fresh and agrees
+            assert (await kube.client.get("awj", "race"))["status"]["restarts"] == 1
+        finally:
+            await other.stop()
