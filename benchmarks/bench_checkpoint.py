@@ -134,10 +134,11 @@ def report_rows(cfg: TrainerConfig, steps: int, threads: int, result: dict) -> t
 
 def run(args: argparse.Namespace) -> str:
     cfg = cpu_config()
-    steps, rounds = (2, 2) if args.quick else (2, 15)
+    steps, rounds = (2, 2) if args.quick else (2, 25)
     cores = os.cpu_count() or 1
     settings = sorted({cores, max(1, cores - 1)}, reverse=True)
     rows, result = [], None
+    load_before = os.getloadavg()[0]
     for threads in settings:
         torch.set_num_threads(threads)
         result = measure(cfg, rounds, steps)
@@ -149,7 +150,8 @@ def run(args: argparse.Namespace) -> str:
          "async / sync", "goal < 0.10"],
         rows,
     )
-    return f"""Machine: {describe_machine()}; checkpoints on the local disk, fsync included.
+    load = f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after (other work shares the cores)"
+    return f"""Machine: {describe_machine()}; checkpoints on the local disk, fsync included; {load}.
 Model: {m.layers} layers, width {m.width}, context {m.context_length} ({result['params'] / 1e6:.1f}M parameters),
 batch {cfg.training.batch_size}; state snapshotted per save: {result['state_bytes'] / 2**20:.1f} MiB
 (weights + AdamW moments), {result['file_bytes'] / 2**20:.1f} MiB on disk. Each window: one save, then
