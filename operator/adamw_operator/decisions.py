@@ -221,6 +221,9 @@ def decide(
         plan.events.append(Event("Normal", "Resumed", "job resumed; recreating workers"))
         st["phase"] = "Pending"
 
+    if any(w.world_size not in (None, spec.replicas) or w.rank >= spec.replicas for w in current):
+        return _resize(plan, spec, current, now, generation)
+
     failure = classify(current, spec.trainer.training.max_steps)
     present = {w.rank for w in current}
     missing = [r for r in range(spec.replicas) if r not in present]
@@ -296,6 +299,26 @@ def decide(
         waiting = spec.replicas - sum(1 for w in current if w.phase == "Running")
         st["message"] = f"waiting for {waiting} of {spec.replicas} worker(s) to run, attempt {attempt}"
         set_condition(st, "Running", False, "WorkersPending", st["message"], now, generation)
+    return plan
+
+
+def _resize(plan: Plan, spec: AdamWTrainingJobSpec, current: list[WorkerObservation],
+            now: datetime, generation: int | None) -> Plan:
+    """`replicas` changed under a running attempt: a new attempt with the new world size.
+
+    Not a failure, so no budget is used; the trainer decides whether it can resume its
+    checkpoint at the new world size (if not, it exits 2 and the job fails, saying why).
+    """
+    st = plan.status
+    old = max((w.world_size or 0 for w in current), default=0) or "?"
+    st["attempt"] += 1
+    st["phase"] = "Restarting"
+    st.pop("restartAfterTime", None)
+    st["message"] = f"replicas changed from {old} to {spec.replicas}: restarting the gang"
+    set_condition(st, "Running", False, "Resized", st["message"], now, generation)
+    plan.events.append(Event("Normal", "ResizedRestart", st["message"]))
+    plan.delete_pods += [w.name for w in current if not w.deleting and w.name not in plan.delete_pods]
+    plan.requeue(0)
     return plan
 
 

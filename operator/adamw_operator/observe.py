@@ -34,6 +34,7 @@ class WorkerObservation:
     deleting: bool = False
     disrupted: bool = False  # DisruptionTarget condition or a preemption reason
     pod_ip: str | None = None
+    world_size: int | None = None  # the pod count it was built for (env WORLD_SIZE or NNODES)
 
     @property
     def finished(self) -> bool:
@@ -88,6 +89,13 @@ def observe_pod(pod: dict[str, Any]) -> WorkerObservation:
     if phase == "Failed" and pod_reason:
         reason = pod_reason
         message = message or status.get("message") or ""
+    world_size = None
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        if container.get("name") != CONTAINER_NAME:
+            continue
+        for env in container.get("env") or []:
+            if env.get("name") in ("WORLD_SIZE", "NNODES") and str(env.get("value", "")).isdigit():
+                world_size = int(env["value"])
     return WorkerObservation(
         name=meta.get("name", ""),
         rank=_int_label(labels, LABEL_RANK),
@@ -100,4 +108,5 @@ def observe_pod(pod: dict[str, Any]) -> WorkerObservation:
         deleting=bool(meta.get("deletionTimestamp")),
         disrupted=disrupted,
         pod_ip=status.get("podIP"),
+        world_size=world_size,
     )

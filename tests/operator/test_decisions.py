@@ -21,7 +21,7 @@ def spec_of(**overrides):
 
 
 def worker(rank, attempt=0, phase="Running", exit_code=None, *, disrupted=False, deleting=False,
-           step=None, good=None, message=""):
+           step=None, good=None, message="", world_size=2):
     termination = None
     if step is not None or good is not None:
         termination = TerminationMessage(reason="x", exit_code=exit_code or 0, step=step or 0,
@@ -30,7 +30,7 @@ def worker(rank, attempt=0, phase="Running", exit_code=None, *, disrupted=False,
         phase = "Succeeded" if exit_code == 0 else "Failed"
     return WorkerObservation(name=f"demo-worker-{rank}", rank=rank, attempt=attempt, phase=phase,
                              exit_code=exit_code, termination=termination, disrupted=disrupted,
-                             deleting=deleting, pod_ip=f"10.0.0.{rank + 1}")
+                             deleting=deleting, pod_ip=f"10.0.0.{rank + 1}", world_size=world_size)
 
 
 def running_status(**extra):
@@ -275,3 +275,15 @@ def test_invalid_spec_creates_and_deletes_nothing():
 def test_backoff_is_exponential_and_capped(restarts, expected):
     spec = spec_of(restartPolicy={"backoffSeconds": 10, "maxBackoffSeconds": 300})
     assert backoff_seconds(spec, restarts) == expected
+
+
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_changing_replicas_restarts_the_gang_without_using_a_budget(replicas):
+    plan = decide(spec=spec_of(replicas=replicas), status=running_status(),
+                  workers=[worker(0), worker(1)], now=NOW)
+    st = plan.status
+    assert st["attempt"] == 1 and st["restarts"] == 0 and st["preemptions"] == 0
+    assert sorted(plan.delete_pods) == ["demo-worker-0", "demo-worker-1"]
+    assert plan.events[0].reason == "ResizedRestart" and f"to {replicas}" in st["message"]
+    again = decide(spec=spec_of(replicas=replicas), status=st, workers=[], now=NOW)
+    assert again.create_ranks == list(range(replicas))

@@ -20,12 +20,13 @@ def pod(phase="Running", terminated=None, reason=None, conditions=(), deleting=F
                                              "training.adamw.io/attempt": "2"}}
     if deleting:
         meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
-    return {"metadata": meta, "status": status}
+    spec = {"containers": [{"name": "trainer", "env": [{"name": "WORLD_SIZE", "value": "4"}]}]}
+    return {"metadata": meta, "spec": spec, "status": status}
 
 
 def test_running_pod():
     w = observe_pod(pod())
-    assert (w.rank, w.attempt, w.phase, w.pod_ip) == (1, 2, "Running", "10.1.2.3")
+    assert (w.rank, w.attempt, w.phase, w.pod_ip, w.world_size) == (1, 2, "Running", "10.1.2.3", 4)
     assert not w.failed and not w.finished and not w.preempted
 
 
