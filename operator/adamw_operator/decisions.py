@@ -298,6 +298,9 @@ def decide(
             st["phase"] = "Pending"
         waiting = spec.replicas - sum(1 for w in current if w.phase == "Running")
         st["message"] = f"waiting for {waiting} of {spec.replicas} worker(s) to run, attempt {attempt}"
+        stuck = next((w for w in sorted(current, key=lambda w: w.rank) if w.waiting), None)
+        if stuck is not None:
+            st["message"] += f"; rank {stuck.rank}: {stuck.waiting}"
         set_condition(st, "Running", False, "WorkersPending", st["message"], now, generation)
     return plan
 

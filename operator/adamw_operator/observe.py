@@ -35,6 +35,7 @@ class WorkerObservation:
     disrupted: bool = False  # DisruptionTarget condition or a preemption reason
     pod_ip: str | None = None
     world_size: int | None = None  # the pod count it was built for (env WORLD_SIZE or NNODES)
+    waiting: str = ""  # why a pending container does not start (ErrImagePull: ...), for humans
 
     @property
     def finished(self) -> bool:
@@ -65,12 +66,16 @@ def observe_pod(pod: dict[str, Any]) -> WorkerObservation:
     status = pod.get("status") or {}
     phase = status.get("phase") or "Pending"
     exit_code = reason = None
-    message = ""
+    message = waiting = ""
     termination = None
     for cs in status.get("containerStatuses") or []:
         if cs.get("name") != CONTAINER_NAME:
             continue
-        terminated = (cs.get("state") or {}).get("terminated")
+        state = cs.get("state") or {}
+        if state.get("waiting", {}).get("reason") not in (None, "ContainerCreating", "PodInitializing"):
+            w = state["waiting"]
+            waiting = f"{w['reason']}: {w.get('message', '')}".strip(": ")[:300]
+        terminated = state.get("terminated")
         if terminated:
             exit_code = terminated.get("exitCode")
             reason = terminated.get("reason")
@@ -109,4 +114,5 @@ def observe_pod(pod: dict[str, Any]) -> WorkerObservation:
         disrupted=disrupted,
         pod_ip=status.get("podIP"),
         world_size=world_size,
+        waiting=waiting,
     )

@@ -287,3 +287,11 @@ def test_changing_replicas_restarts_the_gang_without_using_a_budget(replicas):
     assert plan.events[0].reason == "ResizedRestart" and f"to {replicas}" in st["message"]
     again = decide(spec=spec_of(replicas=replicas), status=st, workers=[], now=NOW)
     assert again.create_ranks == list(range(replicas))
+
+
+def test_why_a_worker_does_not_start_is_in_the_message():
+    stuck = WorkerObservation(name="demo-worker-1", rank=1, attempt=0, phase="Pending",
+                              waiting="ErrImagePull: pull access denied for adamw-trainer")
+    plan = decide(spec=spec_of(), status={"phase": "Pending", "attempt": 0}, workers=[worker(0), stuck], now=NOW)
+    assert plan.status["phase"] == "Pending"
+    assert "rank 1: ErrImagePull: pull access denied" in plan.status["message"]
