@@ -20,7 +20,9 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> kopf.Op
     """Add the operator's handlers to `registry` (a fresh one per operator/test)."""
 
     @kopf.on.startup(registry=registry)
-    async def start(**_: Any) -> None:
+    async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
+        # Server-side filter: watch only worker pods, not every pod in the namespaces.
+        settings.watching.label_selectors["pods"] = LABEL_JOB
         controller.start()
 
     @kopf.on.cleanup(registry=registry)
