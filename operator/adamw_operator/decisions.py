@@ -232,7 +232,8 @@ def decide(
             "PodLost", missing[0], None,
             f"worker pod(s) of rank {', '.join(map(str, missing))} disappeared while the job ran",
         )
-    if failure is None and st.get("phase") == "Running" and spec.progress_deadline_seconds:
+    if (failure is None and st.get("phase") == "Running" and spec.progress_deadline_seconds
+            and st.get("progressAttempt") == attempt):  # armed once rank 0's /status answered
         last = parse_time(st.get("lastProgressTime"))
         if last is not None:
             due = last + timedelta(seconds=spec.progress_deadline_seconds)

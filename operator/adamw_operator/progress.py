@@ -50,6 +50,9 @@ def fold_progress(
     """The status fields to patch from a trainer report, and events (rollbacks) to post."""
     patch: dict[str, Any] = {}
     events: list[Event] = []
+    # Hang detection arms only once rank 0 answered in this attempt: an operator that
+    # cannot reach the pods (a NetworkPolicy) must never restart healthy training.
+    patch["progressAttempt"] = status.get("attempt", 0)
     step = report.get("step")
     if isinstance(step, int) and not isinstance(step, bool):
         if step > (status.get("step") or -1) or status.get("step") is None:

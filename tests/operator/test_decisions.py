@@ -36,7 +36,7 @@ def worker(rank, attempt=0, phase="Running", exit_code=None, *, disrupted=False,
 def running_status(**extra):
     status = {"phase": "Running", "attempt": 0, "restarts": 0, "preemptions": 0,
               "startTime": rfc3339(NOW - timedelta(minutes=5)),
-              "lastProgressTime": rfc3339(NOW - timedelta(seconds=5))}
+              "lastProgressTime": rfc3339(NOW - timedelta(seconds=5)), "progressAttempt": 0}
     status.update(extra)
     return status
 
@@ -295,3 +295,16 @@ def test_why_a_worker_does_not_start_is_in_the_message():
     plan = decide(spec=spec_of(), status={"phase": "Pending", "attempt": 0}, workers=[worker(0), stuck], now=NOW)
     assert plan.status["phase"] == "Pending"
     assert "rank 1: ErrImagePull: pull access denied" in plan.status["message"]
+
+
+def test_hang_detection_waits_until_rank0_has_answered():
+    """An operator that cannot reach the pods must never restart healthy training."""
+    status = running_status(lastProgressTime=rfc3339(NOW - timedelta(hours=1)))
+    del status["progressAttempt"]
+    plan = decide(spec=spec_of(progressDeadlineSeconds=60), status=status,
+                  workers=[worker(0), worker(1)], now=NOW)
+    assert plan.status["phase"] == "Running" and plan.status["restarts"] == 0
+    status["progressAttempt"] = 0
+    plan = decide(spec=spec_of(progressDeadlineSeconds=60), status=status,
+                  workers=[worker(0), worker(1)], now=NOW)
+    assert plan.status["lastFailure"]["reason"] == "Hung"

@@ -32,10 +32,12 @@ def test_fold_progress_takes_the_trainer_report():
     assert patch["loss"] == 2.345679 and patch["nonfiniteRate"] == 0.01
     assert patch["lastCheckpoint"] == {"step": 100, "loss": 2.4, "time": "2026-01-01T00:00:00.000000Z"}
     assert patch["checkpointSaveSeconds"] == 1.25 and events == []
+    assert patch["progressAttempt"] == 0  # rank 0 answered in this attempt: hang detection armed
 
 
 def test_no_new_step_does_not_move_the_hang_clock():
-    patch, _ = fold_progress({"step": 120, "loss": 2.0}, {"step": 120, "loss": 2.0}, NOW)
+    patch, _ = fold_progress({"step": 120, "loss": 2.0, "attempt": 1, "progressAttempt": 1},
+                             {"step": 120, "loss": 2.0}, NOW)
     assert patch == {}
 
 
