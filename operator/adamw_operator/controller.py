@@ -104,6 +104,11 @@ class Controller:
                       self._written):
             table.pop(key, None)
         self.metrics.set_phase(namespace, name, None)
+        lock = self._locks.get(key)
+        if lock is not None and not lock.locked():
+            del self._locks[key]
+        for pod_key in [k for k in self._pods if k[0] == namespace and k[1].startswith(f"{name}-worker-")]:
+            del self._pods[pod_key]
 
     # Triggers --------------------------------------------------------------------
     async def job_event(self, namespace: str, name: str, body: dict[str, Any]) -> None:
