@@ -101,7 +101,6 @@ def main(argv: list[str] | None = None) -> int:
     @kopf.on.startup(registry=registry)
     def settings(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.level = logging.WARNING  # our own Events tell the job's story
-        settings.persistence.finalizer = "training.adamw.io/kopf-finalizer"
         settings.peering.mandatory = args.peering is not None
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import signal
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -171,6 +172,12 @@ async def test_operator_killed_mid_job_creates_no_duplicates(kube, tmp_path):
         assert job["status"]["phase"] == "Succeeded", (job["status"], log.read_text()[-3000:])
         assert len(created) == 2 and job["status"]["restarts"] == 0
         assert 'adamw_operator_jobs{namespace="default",phase="Succeeded"} 1.0' in metrics
+        if shutil.which("promtool"):  # the real linter: naming, units, HELP, _total
+            lint = await asyncio.create_subprocess_exec(
+                "promtool", "check", "metrics", stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            out, _ = await lint.communicate(metrics.encode())
+            assert lint.returncode == 0, out.decode()
         # structured logs: one JSON object per line
         lines = [line for line in log.read_text().splitlines() if line.startswith("{")]
         assert lines and all(json.loads(line)["level"] for line in lines)
