@@ -10,8 +10,8 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import shutil
+import signal
 import socket
 import sys
 from pathlib import Path
