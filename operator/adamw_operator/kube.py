@@ -58,6 +58,9 @@ def _connection_from_kubeconfig() -> tuple[str, dict[str, str], ssl.SSLContext |
 class KubeClient:
     def __init__(self, server: str | None = None, headers: dict[str, str] | None = None,
                  ssl_ctx: ssl.SSLContext | bool = False, retries: int = 4):
+        # From the kubeconfig/service account: credentials can be reloaded when they expire
+        # (projected service-account tokens rotate hourly; exec plugins mint short tokens).
+        self._reloadable = server is None
         if server is None:
             server, headers, ssl_ctx = _connection_from_kubeconfig()
         self.server = server.rstrip("/")
@@ -69,7 +72,6 @@ class KubeClient:
     async def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                headers=self.headers,
                 connector=aiohttp.TCPConnector(ssl=self.ssl, limit=64),
                 timeout=aiohttp.ClientTimeout(total=30),
             )
@@ -83,15 +85,20 @@ class KubeClient:
                       content_type: str = "application/json", params: dict[str, str] | None = None) -> Any:
         session = await self.session()
         data = json.dumps(body) if body is not None else None
-        headers = {"Content-Type": content_type} if body is not None else {}
+        content = {"Content-Type": content_type} if body is not None else {}
         delay = 0.05
+        reloaded = False
         for attempt in range(self.retries + 1):
             try:
-                async with session.request(method, self.server + path, data=data, headers=headers,
-                                           params=params) as resp:
+                async with session.request(method, self.server + path, data=data,
+                                           headers={**self.headers, **content}, params=params) as resp:
                     text = await resp.text()
                     if resp.status < 300:
                         return json.loads(text) if text else None
+                    if resp.status == 401 and self._reloadable and not reloaded:
+                        reloaded = True  # the token expired: read it again, retry once
+                        _, self.headers, _ = _connection_from_kubeconfig()
+                        continue
                     if resp.status not in RETRY_STATUSES or attempt == self.retries:
                         raise ApiError(resp.status, text, f"{method} {path}")
             except (TimeoutError, aiohttp.ClientConnectionError):

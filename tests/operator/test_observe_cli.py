@@ -80,3 +80,35 @@ def test_json_logs_are_one_object_per_line():
     line = JsonFormatter().format(record)
     data = json.loads(line)
     assert data["level"] == "warning" and data["message"] == "job x failed" and "\n" not in line
+
+
+async def test_expired_token_is_reloaded_once(tmp_path, monkeypatch):
+    """Service-account tokens rotate: on 401 the client reads its credentials again."""
+    import aiohttp.web
+    from adamw_operator import kube as kube_module
+
+    seen = []
+
+    async def handler(request):
+        seen.append(request.headers.get("Authorization"))
+        if request.headers.get("Authorization") != "Bearer fresh":
+            return aiohttp.web.json_response({"message": "Unauthorized"}, status=401)
+        return aiohttp.web.json_response({"metadata": {"name": "j"}})
+
+    app = aiohttp.web.Application()
+    app.router.add_get("/apis/training.adamw.io/v1alpha1/namespaces/ns/adamwtrainingjobs/j", handler)
+    runner = aiohttp.web.AppRunner(app)
+    await runner.setup()
+    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    tokens = iter(["Bearer old", "Bearer fresh"])
+    monkeypatch.setattr(kube_module, "_connection_from_kubeconfig",
+                        lambda: (url, {"Authorization": next(tokens)}, False))
+    client = kube_module.KubeClient()
+    try:
+        assert (await client.get_job("ns", "j"))["metadata"]["name"] == "j"
+        assert seen == ["Bearer old", "Bearer fresh"]
+    finally:
+        await client.close()
+        await runner.cleanup()
