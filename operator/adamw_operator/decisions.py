@@ -210,6 +210,10 @@ def decide(
         plan.delete_pods += [w.name for w in current if not w.deleting]
         if st.get("phase") != "Suspended":
             plan.events.append(Event("Normal", "Suspended", "job suspended; workers deleted"))
+            # The workers now exit 143 after saving; a fresh attempt on resume means those
+            # exits belong to an old attempt and are never mistaken for a preemption.
+            if current:
+                st["attempt"] += 1
         st["phase"] = "Suspended"
         st["message"] = "suspended; set spec.suspend to false to resume from the last checkpoint"
         set_condition(st, "Suspended", True, "Suspended", "spec.suspend is true", now, generation)

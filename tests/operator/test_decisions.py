@@ -231,6 +231,10 @@ def test_suspend_deletes_pods_and_keeps_status_then_resumes():
     assert st["phase"] == "Suspended" and sorted(suspended.delete_pods) == ["demo-worker-0", "demo-worker-1"]
     assert st["restarts"] == 1 and st["lastCheckpoint"] == {"step": 30}
     assert get_condition(st, "Suspended")["status"] == "True"
+    assert st["attempt"] == 1  # the deleted workers' exits belong to the old attempt
+    terminating = [worker(0, exit_code=143, deleting=True), worker(1, exit_code=143)]
+    resumed = decide(spec=spec_of(suspend=False), status=st, workers=terminating, now=NOW)
+    assert resumed.status["preemptions"] == 0 and resumed.create_ranks == []  # names still taken
     resumed = decide(spec=spec_of(suspend=False), status=st, workers=[], now=NOW)
     assert resumed.create_ranks == [0, 1] and resumed.status["restarts"] == 1
     assert get_condition(resumed.status, "Suspended")["status"] == "False"

@@ -111,6 +111,28 @@ async def test_preempted_job_restarts_without_using_the_budget(kube, tmp_path):
         assert st["preemptions"] == 1 and st["restarts"] == 0
 
 
+async def test_suspend_then_resume_continues_from_the_checkpoint(kube, tmp_path):
+    node = tmp_path / "node"
+    async with NodeAgent(kube, node) as agent, running_operator(kube, poll_interval=0.5):
+        await kube.client.create("awj", e2e_job("sus"))
+        await wait_until(lambda: checkpoints(node, "sus-ckpt"), 90, "no checkpoint written")
+        await kube.client.patch("awj", "sus", {"spec": {"suspend": True}})
+        await kube.client.wait_for("awj", "sus", phase_is("Suspended"), timeout=30)
+        await kube.client.wait_for_list("pods", lambda items: not items,
+                                        labels="training.adamw.io/job-name=sus", timeout=30)
+        saved = max(checkpoints(node, "sus-ckpt"))  # SIGTERM saved one more on the way out
+        await kube.client.patch("awj", "sus", {"spec": {"suspend": False}})
+        job = await kube.client.wait_for("awj", "sus", phase_is("Succeeded", "Failed"), timeout=180)
+        st = job["status"]
+        assert st["phase"] == "Succeeded", st
+        assert st["restarts"] == 0 and st["preemptions"] == 0
+        log = agent.log("sus-worker-0")
+        resumed = [json.loads(line) for line in log.splitlines() if '"event": "resumed"' in line]
+        assert resumed and resumed[0]["step"] == saved, log[-2000:]
+        reasons = [e["reason"] for e in await events_for(kube, "sus")]
+        assert "Suspended" in reasons and "Resumed" in reasons
+
+
 @contextlib.asynccontextmanager
 async def operator_process(kube, log_path: Path, metrics_port: int, liveness_port: int):
     """`adamw-operator` as a real process (what the Deployment runs), pointed at the emulator."""
