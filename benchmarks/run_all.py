@@ -51,9 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", action="append", help="run only this benchmark (repeatable)")
     p.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
     p.add_argument("--no-write", action="store_true", help="print, do not update BENCHMARKS.md")
-    p.add_argument("--device", default="cpu", help="device for benchmarks that take one")
     p.add_argument("--report", type=Path, default=REPORT, help="markdown file to update")
+    # One thread by default: on a shared 2-core VM, multi-threaded timings swing far more
+    # (an OpenMP thread waits on a descheduled sibling), which drowns the ratios we report.
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     args = p.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     names = discover()
     unknown = set(args.only or []) - set(names)
