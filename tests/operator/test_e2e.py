@@ -41,12 +41,14 @@ def e2e_job(name: str, **spec):
     trainer = json.loads(json.dumps(TRAINER))
     for section, values in spec.pop("trainer", {}).items():
         trainer.setdefault(section, {}).update(values)
-    restart = {"backoffSeconds": 1, "maxBackoffSeconds": 5, **spec.pop("restartPolicy", {})}
-    return job_manifest(
-        name, replicas=2, trainer=trainer, checkpointStorage={"claimName": f"{name}-ckpt"},
-        restartPolicy=restart,
+    spec = {
+        "replicas": 2, "checkpointStorage": {"claimName": f"{name}-ckpt"},
         # a worker stuck in a collective after its peer died must not hold up the restart
-        pod={"terminationGracePeriodSeconds": 10}, **spec)
+        "pod": {"terminationGracePeriodSeconds": 10},
+        **spec,
+        "restartPolicy": {"backoffSeconds": 1, "maxBackoffSeconds": 5, **spec.get("restartPolicy", {})},
+    }
+    return job_manifest(name, trainer=trainer, **spec)
 
 
 def checkpoints(root: Path, claim: str) -> list[int]:
@@ -131,6 +133,30 @@ async def test_suspend_then_resume_continues_from_the_checkpoint(kube, tmp_path)
         assert resumed and resumed[0]["step"] == saved, log[-2000:]
         reasons = [e["reason"] for e in await events_for(kube, "sus")]
         assert "Suspended" in reasons and "Resumed" in reasons
+
+
+async def test_divergence_rollback_is_an_event_and_exhausted_divergence_fails(kube, tmp_path):
+    divergence = {"maxConsecutiveNonfiniteSteps": 3, "action": "Rollback", "maxRollbacks": 1}
+    async with NodeAgent(kube, tmp_path / "node"), running_operator(kube, poll_interval=0.2):
+        # NaN gradients from step 45 until one rollback cures them: training goes on
+        await kube.client.create("awj", e2e_job(
+            "nan", replicas=1, trainer={"divergence": divergence, "training": {"maxSteps": 300}},
+            pod={"terminationGracePeriodSeconds": 10, "env": [
+                {"name": "ADAMW_FAULT_NAN_GRAD_STEPS", "value": "45-300"},
+                {"name": "ADAMW_FAULT_NAN_GRAD_UNTIL_ROLLBACKS", "value": "1"}]}))
+        job = await kube.client.wait_for("awj", "nan", phase_is("Succeeded", "Failed"), timeout=120)
+        assert job["status"]["phase"] == "Succeeded", job["status"]
+        assert job["status"]["rollbacks"] == 1 and job["status"]["restarts"] == 0
+        rollback = [e for e in await events_for(kube, "nan") if e["reason"] == "Rollback"]
+        assert len(rollback) == 1 and "step 40" in rollback[0]["message"]  # the last good one
+        # NaN for good and no rollbacks left: the trainer exits 3, onDivergence Fail ends the job
+        await kube.client.create("awj", e2e_job(
+            "div", replicas=1, trainer={"divergence": {**divergence, "maxRollbacks": 0}},
+            pod={"terminationGracePeriodSeconds": 10, "env": [
+                {"name": "ADAMW_FAULT_NAN_GRAD_STEPS", "value": "25-300"}]}))
+        job = await kube.client.wait_for("awj", "div", phase_is("Succeeded", "Failed"), timeout=120)
+        assert condition(job, "Failed")["reason"] == "Diverged", job["status"]
+        assert job["status"]["restarts"] == 0 and job["status"]["lastFailure"]["exitCode"] == 3
 
 
 @contextlib.asynccontextmanager
