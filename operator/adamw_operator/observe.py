@@ -88,6 +88,8 @@ def observe_pod(pod: dict[str, Any]) -> WorkerObservation:
     pod_reason = status.get("reason")
     disrupted = pod_reason in PREEMPTION_REASONS
     for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and not waiting:
+            waiting = f"{cond.get('reason', 'Unschedulable')}: {cond.get('message', '')}".strip(": ")[:300]
         if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
             disrupted = True
             pod_reason = pod_reason or cond.get("reason")

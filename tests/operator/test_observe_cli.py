@@ -112,3 +112,18 @@ async def test_expired_token_is_reloaded_once(tmp_path, monkeypatch):
     finally:
         await client.close()
         await runner.cleanup()
+
+
+def test_unschedulable_and_image_pull_problems_are_reported():
+    unschedulable = pod("Pending", conditions=[{"type": "PodScheduled", "status": "False",
+                                               "reason": "Unschedulable",
+                                               "message": "0/4 nodes have nvidia.com/gpu"}])
+    assert observe_pod(unschedulable).waiting == "Unschedulable: 0/4 nodes have nvidia.com/gpu"
+    pulling = pod("Pending")
+    pulling["status"]["containerStatuses"] = [{"name": "trainer", "state": {"waiting": {
+        "reason": "ImagePullBackOff", "message": "Back-off pulling image"}}}]
+    assert observe_pod(pulling).waiting == "ImagePullBackOff: Back-off pulling image"
+    creating = pod("Pending")
+    creating["status"]["containerStatuses"] = [{"name": "trainer", "state": {"waiting": {
+        "reason": "ContainerCreating"}}}]
+    assert observe_pod(creating).waiting == ""
