@@ -500,6 +500,8 @@ class Trainer:
             loss=info.meta.loss,
             lrScale=self.lr_scale,
             rollbacks=self.divergence.rollbacks,
+            # Resuming under a changed config is allowed (e.g. more maxSteps); say so.
+            configChanged=info.meta.config_hash != self.config_hash,
         )
 
     def maybe_checkpoint(self) -> None:
