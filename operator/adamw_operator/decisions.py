@@ -82,7 +82,7 @@ def backoff_seconds(spec: AdamWTrainingJobSpec, restarts: int) -> float:
 def classify(workers: list[WorkerObservation], max_steps: int) -> Failure | None:
     """The failure that explains this attempt, most decisive first; None when none."""
     failed = sorted((w for w in workers if w.failed), key=lambda w: w.rank)
-    by_code = {w.exit_code: w for w in reversed(failed)}
+    by_code = {w.contract_code: w for w in reversed(failed)}
     for code, kind in ((ExitCode.INVALID_CONFIG, "InvalidConfig"), (ExitCode.DIVERGED, "Diverged")):
         if code in by_code and not by_code[code].disrupted:
             w = by_code[code]

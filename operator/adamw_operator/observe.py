@@ -19,6 +19,9 @@ PREEMPTION_REASONS = frozenset(
 )
 
 
+_CONTRACT_FAILURES = frozenset({ExitCode.INVALID_CONFIG, ExitCode.DIVERGED, ExitCode.PREEMPTED})
+
+
 @dataclass(frozen=True)
 class WorkerObservation:
     """One worker pod as observed: phase plus, once it ended, how it ended."""
@@ -48,8 +51,18 @@ class WorkerObservation:
         return self.exit_code is not None and self.exit_code != 0
 
     @property
+    def contract_code(self) -> int | None:
+        """The exit code that says what happened. Under torchrun (several GPUs per pod) the
+        container exits 1 whatever the trainer said; the trainer's termination message
+        then carries its own code (2, 3 or 143). Success is never taken from a message."""
+        told = self.termination.exit_code if self.termination else None
+        if self.exit_code not in (None, 0) and told in _CONTRACT_FAILURES:
+            return told
+        return self.exit_code
+
+    @property
     def preempted(self) -> bool:
-        return self.disrupted or self.exit_code == ExitCode.PREEMPTED
+        return self.disrupted or self.contract_code == ExitCode.PREEMPTED
 
 
 def _int_label(labels: dict[str, str], key: str) -> int:

@@ -312,3 +312,21 @@ def test_hang_detection_waits_until_rank0_has_answered():
     plan = decide(spec=spec_of(progressDeadlineSeconds=60), status=status,
                   workers=[worker(0), worker(1)], now=NOW)
     assert plan.status["lastFailure"]["reason"] == "Hung"
+
+
+@pytest.mark.parametrize(("told", "expected"), [(2, "Failed"), (143, "Restarting")])
+def test_torchrun_pods_are_judged_by_the_trainers_own_exit_code(told, expected):
+    """torchrun exits 1 whatever its workers said; the termination message tells the truth."""
+    spec = spec_of(restartPolicy={"maxRestarts": 0})
+    pod = WorkerObservation(name="demo-worker-0", rank=0, attempt=0, phase="Failed", exit_code=1,
+                            termination=TerminationMessage(reason="x", exit_code=told, step=5))
+    plan = decide(spec=spec, status=running_status(), workers=[pod, worker(1)], now=NOW)
+    assert plan.status["phase"] == expected
+    assert plan.status["restarts"] == 0  # neither is a crash
+
+
+def test_a_message_never_turns_a_crash_into_success():
+    pod = WorkerObservation(name="demo-worker-0", rank=0, attempt=0, phase="Failed", exit_code=137,
+                            termination=TerminationMessage(reason="Succeeded", exit_code=0, step=40))
+    plan = decide(spec=spec_of(), status=running_status(), workers=[pod, worker(1, exit_code=0)], now=NOW)
+    assert plan.status["lastFailure"]["reason"] == "Crashed"
