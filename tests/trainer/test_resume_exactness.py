@@ -36,8 +36,8 @@ def config(tmp_path: Path, port: int = 0) -> Path:
     return write_config(tmp_path, cfg, name=f"trainer-{port}.yaml")
 
 
-def final_state(ckpt_dir: Path) -> dict:
-    info = CheckpointStore(ckpt_dir).verify(MAX_STEPS)
+def final_state(ckpt_dir: Path, step: int = MAX_STEPS) -> dict:
+    info = CheckpointStore(ckpt_dir).verify(step)
     return {name: torch.load(info.path / name, weights_only=True) for name in info.files}
 
 

@@ -91,7 +91,6 @@ def main(argv: list[str] | None = None) -> int:
         return int(ExitCode.INVALID_CONFIG)
 
     # torch is imported only after the config is known to be valid: a bad file fails fast.
-    from .checkpoint.store import WorldSizeMismatchError
     from .data import DataError
     from .distributed import DistEnv, destroy_process_group
     from .train import Trainer
@@ -112,11 +111,9 @@ def main(argv: list[str] | None = None) -> int:
             worldSize=env.world_size,
         )
         code = trainer.run()
-    except (DataError, WorldSizeMismatchError) as err:
-        # A data problem, or checkpoints from another world size, is a configuration
-        # problem: restarting cannot fix it.
-        what = "invalid data" if isinstance(err, DataError) else "cannot resume"
-        print(f"adamw-train: {what}: {err}", file=sys.stderr)
+    except DataError as err:
+        # A data problem is a configuration problem: restarting cannot fix it.
+        print(f"adamw-train: invalid data: {err}", file=sys.stderr)
         TerminationMessage(
             reason=ExitReason.INVALID_CONFIG.value,
             exit_code=int(ExitCode.INVALID_CONFIG),

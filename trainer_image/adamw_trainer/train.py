@@ -493,6 +493,19 @@ class Trainer:
             return
         self._restore(info, self.checkpoints.load(info), keep_policy=False)
         self.status.update(resumedFromStep=info.step)
+        if info.meta.world_size != self.env.world_size:
+            # Supported: the state is replicated and batches come from (seed, step, rank).
+            # What changes is the global batch per step (and so the run is no longer
+            # bit-identical to one that kept its world size).
+            per_rank = self.cfg.training.batch_size * self.cfg.training.grad_accumulation_steps
+            self.log.event(
+                "world-size-changed",
+                step=info.step,
+                fromWorldSize=info.meta.world_size,
+                toWorldSize=self.env.world_size,
+                sequencesPerStepBefore=per_rank * info.meta.world_size,
+                sequencesPerStepNow=per_rank * self.env.world_size,
+            )
         self.log.event(
             "resumed",
             step=self.step,

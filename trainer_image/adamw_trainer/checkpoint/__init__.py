@@ -11,7 +11,6 @@ from .store import (
     CheckpointStore,
     CorruptCheckpointError,
     UnsafeCheckpointError,
-    WorldSizeMismatchError,
 )
 
 __all__ = [
@@ -21,5 +20,4 @@ __all__ = [
     "CheckpointStore",
     "CorruptCheckpointError",
     "UnsafeCheckpointError",
-    "WorldSizeMismatchError",
 ]

@@ -31,7 +31,6 @@ from .store import (
     CheckpointInfo,
     CheckpointMeta,
     CheckpointStore,
-    WorldSizeMismatchError,
 )
 
 log = logging.getLogger(__name__)
@@ -89,7 +88,9 @@ class CheckpointManager:
 
         Rank 0 removes leftovers of killed writes, walks the checkpoints newest first,
         skips (logs, counts) corrupt and unsafe ones, and tells the other ranks its pick.
-        Raises WorldSizeMismatchError when the pick was written by a different world size.
+        A checkpoint from another world size loads as well: under DDP every rank holds the
+        whole (replicated) model and optimizer state, and batches are drawn afresh from
+        (seed, step, rank), so there is no per-rank data position to carry over.
         """
         chosen = None
         if self.writes:
@@ -99,13 +100,6 @@ class CheckpointManager:
         if step is None:
             return None
         info = self.store.verify(step) if not self.writes else self.store.read_manifest(step)
-        if info.meta.world_size != self.world_size:
-            raise WorldSizeMismatchError(
-                f"checkpoint {info.path} was written by {info.meta.world_size} rank(s) but "
-                f"{self.world_size} are running; a different world size would change the data "
-                f"order and is refused. Run with {info.meta.world_size} rank(s), or set "
-                f"checkpoint.resume: false / a new checkpoint.dir to start over."
-            )
         good_step = self.agreement.from_rank0(self._newest_good_step(info) if self.writes else None)
         with self._lock:
             self.last = info

@@ -54,10 +54,6 @@ class UnsafeCheckpointError(CheckpointError):
     """A file would execute code when loaded (a pickle that is not plain tensors/data)."""
 
 
-class WorldSizeMismatchError(CheckpointError):
-    """The checkpoint was written by a different number of ranks than are running now."""
-
-
 @dataclass(frozen=True)
 class CheckpointMeta:
     """What a checkpoint says about itself; stored inside its manifest."""
