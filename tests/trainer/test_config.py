@@ -4,7 +4,6 @@ import json
 
 import pytest
 import yaml
-
 from adamw_trainer.config import ConfigError, TrainerConfig, load_config, parse_config
 
 

@@ -1,5 +1,4 @@
 import pytest
-
 from adamw_trainer.exit_codes import ExitReason, TerminationMessage, reason_for_exit_code
 
 

@@ -27,7 +27,7 @@ class ExitCode(enum.IntEnum):
     PREEMPTED = 143
 
 
-class ExitReason(str, enum.Enum):
+class ExitReason(enum.StrEnum):
     """CamelCase reasons, used in termination messages, conditions and events."""
 
     SUCCEEDED = "Succeeded"
