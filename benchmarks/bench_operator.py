@@ -5,7 +5,7 @@ command the Deployment runs) against the tests' API emulator (KMock) over HTTP; 
 process-free fake kubelet in the benchmark process starts pods at once and ends them on
 demand. Restart backoff is 0, so the latency is pure reaction time:
 
-- steady: one worker failure every 25 ms, job after job;
+- steady: one worker failure every 25 ms, job after job (two rounds);
 - burst: one worker of every job fails at the same moment.
 
 Latency = from the failed pod's status write until both replacement pods of the next
@@ -34,7 +34,9 @@ JOB_SPEC: dict[str, Any] = {
     "replicas": 2,
     "trainer": {"training": {"maxSteps": 100}, "checkpoint": {"dir": "/checkpoints"}},
     "checkpointStorage": {"claimName": "ckpt"},
-    "restartPolicy": {"backoffSeconds": 0, "maxBackoffSeconds": 0, "maxRestarts": 10},
+    # fake pods never checkpoint: switch off the no-progress breaker, or round 3 would end it
+    "restartPolicy": {"backoffSeconds": 0, "maxBackoffSeconds": 0, "maxRestarts": 10,
+                      "maxRestartsWithoutProgress": 0},
 }
 
 
@@ -137,19 +139,23 @@ async def _bench(n_jobs: int) -> str:
                     return [max(added[k] for k in keys[j]) - since[j] for j in jobs]
 
                 # 2. Steady failures: one every 25 ms.
-                failed_at: dict[str, float] = {}
-                for n in names:
-                    failed_at[n] = time.perf_counter()
-                    await kubelet.finish(f"{n}-worker-1", 1, message="bench failure")
-                    await asyncio.sleep(0.025)
-                steady = await all_replaced(1, names, failed_at)
-                await asyncio.sleep(1.0)  # let the fake kubelet start the new pods
+                # Two rounds: on a shared VM one round's tail says as much about the neighbours.
+                rounds: list[list[float]] = []
+                for attempt in (1, 2):
+                    failed_at: dict[str, float] = {}
+                    for n in names:
+                        failed_at[n] = time.perf_counter()
+                        await kubelet.finish(f"{n}-worker-{attempt % 2}", 1, message="bench failure")
+                        await asyncio.sleep(0.025)
+                    rounds.append(await all_replaced(attempt, names, failed_at))
+                    await asyncio.sleep(1.0)  # let the fake kubelet start the new pods
+                steady = rounds[0] + rounds[1]
 
                 # 3. Burst: every job loses a worker at once.
                 burst_at = time.perf_counter()
                 for n in names:
                     await kubelet.finish(f"{n}-worker-0", 1, message="bench burst")
-                burst = await all_replaced(2, names, dict.fromkeys(names, burst_at))
+                burst = await all_replaced(3, names, dict.fromkeys(names, burst_at))
                 peak_rss = _peak_rss_mb(proc.pid)
                 cpu = psutil.Process(proc.pid).cpu_times()
                 operator_cpu = cpu.user + cpu.system - startup_cpu
@@ -183,11 +189,12 @@ inflates latencies; the operator's CPU time per restart is the steadier number).
 | create {n_jobs} jobs (API calls) | {created:.2f} s |
 | all {2 * n_jobs} pods created | {pods_running:.2f} s after the first create |
 | all {n_jobs} jobs report `Running` | {all_running:.2f} s |
-| failure -> both replacement pods, steady (1 per 25 ms): p50 / p99 / max | {ms(steady, 0.5)} / {ms(steady, 0.99)} / {ms(steady, 1.0)} |
+| failure -> both replacement pods, steady (1 per 25 ms), 2 rounds: p50 / p99 / max | {ms(steady, 0.5)} / {ms(steady, 0.99)} / {ms(steady, 1.0)} |
+| the same, p99 of round 1 / round 2 | {ms(rounds[0], 0.99)} / {ms(rounds[1], 0.99)} |
 | failure -> both replacement pods, burst ({n_jobs} at once): p50 / p99 / max | {ms(burst, 0.5)} / {ms(burst, 0.99)} / {ms(burst, 1.0)} |
 | operator peak memory (VmHWM), idle -> after the run | {idle_rss:.0f} MB -> {peak_rss:.0f} MB |
 | reconciles / object writes (operator and kubelet), whole run | {reconciles:.0f} / {api_writes} |
-| operator CPU time for the whole run (user+sys) | {operator_cpu:.1f} s, {operator_cpu / (3 * n_jobs) * 1000:.0f} ms per job start or gang restart |
+| operator CPU time for the whole run (user+sys) | {operator_cpu:.1f} s, {operator_cpu / (4 * n_jobs) * 1000:.0f} ms per job start or gang restart |
 
 - Goal p99 < 1 s (steady failures): **{goal_p99}**. Goal < 300 MB: **{goal_mem}**.
 - A burst of {n_jobs} simultaneous failures is drained at the rate the operator can
