@@ -3,6 +3,8 @@ pydantic model does (schema via jsonschema, cross-field rules via CEL)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -144,3 +146,11 @@ def test_peering_crds_are_kopfs():
 
 def test_cli_check_mode(capsys):
     assert generate.main(["--check"]) == 0
+
+
+@pytest.mark.parametrize("version", ["1.28.0", "1.30.0", "1.33.0"])
+def test_crds_pass_the_upstream_apiextensions_schema(version):
+    files = [str(p) for p in sorted((REPO / "crds").glob("*.yaml"))]
+    result = subprocess.run([sys.executable, "-m", "kubernetes_validate", "--strict", "-k", version, *files],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
