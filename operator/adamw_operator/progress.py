@@ -52,10 +52,13 @@ def fold_progress(
     events: list[Event] = []
     # Hang detection arms only once rank 0 answered in this attempt: an operator that
     # cannot reach the pods (a NetworkPolicy) must never restart healthy training.
+    first_read = status.get("progressAttempt") != status.get("attempt", 0)
     patch["progressAttempt"] = status.get("attempt", 0)
     step = report.get("step")
     if isinstance(step, int) and not isinstance(step, bool):
-        if step > (status.get("step") or -1) or status.get("step") is None:
+        # Any change of step is progress: after a resume or an in-process rollback the step
+        # goes back and climbs again, and a hang is exactly a step that does not change.
+        if first_read or step != status.get("step"):
             patch["lastProgressTime"] = rfc3339(now)
         patch["step"] = step
     for key, name in (("loss", "loss"), ("nonfiniteRate", "nonfiniteRate"), ("tokensPerSecond", "tokensPerSecond")):

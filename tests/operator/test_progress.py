@@ -7,6 +7,7 @@ import contextlib
 from datetime import UTC, datetime, timedelta
 
 import aiohttp.web
+import pytest
 from adamw_operator.controller import Controller, merge_patch
 from adamw_operator.handlers import register
 from adamw_operator.kube import KubeClient
@@ -122,3 +123,12 @@ async def test_progress_is_polled_and_a_stalled_step_is_a_hang(kube, fake_kubele
             pod = await kube.client.get("pods", "prog-worker-0")
             assert pod["spec"]["terminationGracePeriodSeconds"] == 35
             await kube.client.wait_for("awj", "prog", phase_is("Running"), timeout=10)
+
+
+@pytest.mark.parametrize(("status", "step"), [
+    ({"attempt": 1, "progressAttempt": 0, "step": 139}, 120),  # resumed below the old step
+    ({"attempt": 0, "progressAttempt": 0, "step": 1900}, 1000),  # rolled back in-process
+])
+def test_a_step_going_back_is_progress_not_a_hang(status, step):
+    patch, _ = fold_progress(status, {"step": step}, NOW)
+    assert patch["lastProgressTime"] == rfc3339(NOW) and patch["step"] == step
