@@ -194,16 +194,6 @@ def decide(
     if invalid and invalid.get("reason") != "PodRejected":  # that one clears once pods are accepted
         set_condition(st, "InvalidSpec", False, "SpecValid", "", now, generation)
 
-    start = parse_time(st.get("startTime"))
-    if spec.active_deadline_seconds and start:
-        due = start + timedelta(seconds=spec.active_deadline_seconds)
-        if now >= due:
-            return _fail(
-                plan, spec, current + stale, now, generation, "DeadlineExceeded",
-                f"the job ran longer than activeDeadlineSeconds ({spec.active_deadline_seconds} s)",
-            )
-        plan.requeue((due - now).total_seconds())
-
     plan.delete_pods += [w.name for w in stale if not w.deleting]
 
     if spec.suspend:
@@ -224,6 +214,17 @@ def decide(
         set_condition(st, "Suspended", False, "Resumed", "spec.suspend is false", now, generation)
         plan.events.append(Event("Normal", "Resumed", "job resumed; recreating workers"))
         st["phase"] = "Pending"
+        st.pop("startTime", None)  # as for a batch Job: time suspended is not active time
+
+    start = parse_time(st.get("startTime"))  # the deadline clock stops while suspended
+    if spec.active_deadline_seconds and start:
+        due = start + timedelta(seconds=spec.active_deadline_seconds)
+        if now >= due:
+            return _fail(
+                plan, spec, current + stale, now, generation, "DeadlineExceeded",
+                f"the job ran longer than activeDeadlineSeconds ({spec.active_deadline_seconds} s)",
+            )
+        plan.requeue((due - now).total_seconds())
 
     if any(w.world_size not in (None, spec.replicas) or w.rank >= spec.replicas for w in current):
         return _resize(plan, spec, current, now, generation)

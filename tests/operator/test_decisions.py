@@ -237,6 +237,7 @@ def test_suspend_deletes_pods_and_keeps_status_then_resumes():
     assert resumed.status["preemptions"] == 0 and resumed.create_ranks == []  # names still taken
     resumed = decide(spec=spec_of(suspend=False), status=st, workers=[], now=NOW)
     assert resumed.create_ranks == [0, 1] and resumed.status["restarts"] == 1
+    assert resumed.status["startTime"] == rfc3339(NOW)  # activeDeadlineSeconds counts from here
     assert get_condition(resumed.status, "Suspended")["status"] == "False"
     assert [e.reason for e in resumed.events] == ["Resumed"]
 
@@ -330,3 +331,14 @@ def test_a_message_never_turns_a_crash_into_success():
                             termination=TerminationMessage(reason="Succeeded", exit_code=0, step=40))
     plan = decide(spec=spec_of(), status=running_status(), workers=[pod, worker(1, exit_code=0)], now=NOW)
     assert plan.status["lastFailure"]["reason"] == "Crashed"
+
+
+def test_time_suspended_does_not_count_against_the_deadline():
+    long_ago = rfc3339(NOW - timedelta(hours=2))
+    status = running_status(phase="Suspended", startTime=long_ago, attempt=1)
+    from adamw_operator.status import set_condition
+    set_condition(status, "Suspended", True, "Suspended", "", NOW, 1)
+    still = decide(spec=spec_of(suspend=True, activeDeadlineSeconds=3600), status=status, workers=[], now=NOW)
+    assert still.status["phase"] == "Suspended"
+    resumed = decide(spec=spec_of(activeDeadlineSeconds=3600), status=status, workers=[], now=NOW)
+    assert resumed.status["phase"] == "Pending" and resumed.create_ranks == [0, 1]
