@@ -83,8 +83,8 @@ def fold_progress(
             good = (patch.get("lastGoodCheckpoint") or status.get("lastGoodCheckpoint") or {}).get("step")
             events.append(
                 Event("Warning", "Rollback",
-                      f"trainer rolled back to the last good checkpoint (step {good}) after "
-                      f"non-finite steps; rollbacks: {rollbacks}")
+                      f"trainer rolled back to its last known-good checkpoint after non-finite "
+                      f"steps (rollbacks: {rollbacks}; last good checkpoint now at step {good})")
             )
         patch["rollbacks"] = rollbacks
     return {k: v for k, v in patch.items() if status.get(k) != v}, events
