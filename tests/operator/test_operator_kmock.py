@@ -44,6 +44,11 @@ async def test_job_runs_to_success(kube, fake_kubelet):
         assert st["restarts"] == 0 and st["step"] == 40 and st["completionTime"]
         assert condition(job, "Succeeded")["status"] == "True"
         assert st["observedGeneration"] == job["metadata"]["generation"]
+        # Kopf lists and watches only worker pods (server-side selector), not every pod
+        kopf_pod_reads = [r for r in kube.emulator if r.url.path == "/api/v1/namespaces/default/pods"
+                          and "kopf" in str(r.headers.get("User-Agent", ""))]
+        assert kopf_pod_reads
+        assert all(r.params.get("labelSelector") == "training.adamw.io/job-name" for r in kopf_pod_reads)
         # the operator writes only the status: no finalizers or Kopf annotations on the job
         assert not job["metadata"].get("finalizers")
         assert not any("kopf" in k for k in job["metadata"].get("annotations", {}))
