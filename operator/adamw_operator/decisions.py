@@ -232,7 +232,7 @@ def decide(
     failure = classify(current, spec.trainer.training.max_steps)
     present = {w.rank for w in current}
     missing = [r for r in range(spec.replicas) if r not in present]
-    if failure is None and missing and present and st.get("phase") == "Running":
+    if failure is None and missing and present and st.get("runningAttempt") == attempt:
         failure = Failure(
             "PodLost", missing[0], None,
             f"worker pod(s) of rank {', '.join(map(str, missing))} disappeared while the job ran",
@@ -288,10 +288,12 @@ def decide(
             plan.requeue(spec.active_deadline_seconds)
 
     # Workers that already finished cleanly wait for their peers: still a running job.
+    # An Unknown pod (its node stopped reporting) is still a member until it is gone.
     running = len(current) == spec.replicas and all(
-        w.phase == "Running" or w.exit_code == 0 for w in current
+        w.phase in ("Running", "Unknown") or w.exit_code == 0 for w in current
     )
     if running:
+        st["runningAttempt"] = attempt  # from now on a vanished pod is a lost pod
         if st.get("phase") != "Running":
             st["lastProgressTime"] = rfc3339(now)  # the hang clock starts when all run
             if spec.progress_deadline_seconds:

@@ -36,7 +36,8 @@ def worker(rank, attempt=0, phase="Running", exit_code=None, *, disrupted=False,
 def running_status(**extra):
     status = {"phase": "Running", "attempt": 0, "restarts": 0, "preemptions": 0,
               "startTime": rfc3339(NOW - timedelta(minutes=5)),
-              "lastProgressTime": rfc3339(NOW - timedelta(seconds=5)), "progressAttempt": 0}
+              "lastProgressTime": rfc3339(NOW - timedelta(seconds=5)), "progressAttempt": 0,
+              "runningAttempt": 0}
     status.update(extra)
     return status
 
@@ -342,3 +343,17 @@ def test_time_suspended_does_not_count_against_the_deadline():
     assert still.status["phase"] == "Suspended"
     resumed = decide(spec=spec_of(activeDeadlineSeconds=3600), status=status, workers=[], now=NOW)
     assert resumed.status["phase"] == "Pending" and resumed.create_ranks == [0, 1]
+
+
+def test_a_pod_on_an_unreachable_node_is_still_a_member_until_it_vanishes():
+    unknown = WorkerObservation(name="demo-worker-1", rank=1, attempt=0, phase="Unknown", world_size=2)
+    plan = decide(spec=spec_of(), status=running_status(), workers=[worker(0), unknown], now=NOW)
+    assert plan.status["phase"] == "Running" and plan.create_ranks == []
+    status = dict(plan.status, phase="Pending")  # whatever the phase says meanwhile
+    gone = decide(spec=spec_of(), status=status, workers=[worker(0)], now=NOW)
+    assert gone.status["lastFailure"]["reason"] == "PodLost" and gone.create_ranks == []
+
+
+def test_a_rank_not_yet_created_is_not_lost():
+    plan = decide(spec=spec_of(), status={"phase": "Pending", "attempt": 0}, workers=[worker(0)], now=NOW)
+    assert plan.create_ranks == [1] and plan.status["preemptions"] == 0

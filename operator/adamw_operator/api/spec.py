@@ -291,6 +291,9 @@ class AdamWTrainingJobStatus(_Model):
     last_good_checkpoint: CheckpointRef | None = Field(
         None, description="Newest checkpoint that is complete, checksummed and has a finite loss."
     )
+    running_attempt: int | None = Field(
+        None, description="Last attempt whose workers all ran (a pod vanishing after that is lost)."
+    )
     progress_attempt: int | None = Field(
         None, description="Attempt in which rank 0's /status was last read (arms hang detection)."
     )
