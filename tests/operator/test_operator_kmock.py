@@ -231,3 +231,21 @@ async def test_a_replica_acting_on_a_stale_view_cannot_undo_a_restart(kube, fake
             assert (await kube.client.get("awj", "race"))["status"]["restarts"] == 1
         finally:
             await other.stop()
+
+
+async def test_all_namespaces(tmp_path):
+    from tests.kube.emulator import kube_api
+    from tests.kube.kubelet import FakeKubelet
+
+    async with kube_api(namespaces=("team-a", "team-b"), workdir=tmp_path) as api, FakeKubelet(api), \
+            running_operator(api, clusterwide=True):
+        for ns in ("team-a", "team-b"):
+            manifest = job_manifest("multi")
+            manifest["metadata"]["namespace"] = ns
+            await api.client.create("awj", manifest, namespace=ns)
+        for ns in ("team-a", "team-b"):
+            job = await api.client.wait_for("awj", "multi", phase_is("Running"), namespace=ns, timeout=WAIT)
+            pods = await api.client.list("pods", ns, labels="training.adamw.io/job-name=multi")
+            assert len(pods) == 2 and job["status"]["attempt"] == 0
+            env = env_of(pods[0])
+            assert env["MASTER_ADDR"] == f"multi-worker-0.multi-workers.{ns}.svc.cluster.local"
