@@ -28,7 +28,7 @@ from adamw_operator.local.pod_process import (
         ('{"dir": "/ckpt"}', '{"dir": "/L/ckpt"}'),
         ("/ckpt2", "/ckpt2"),  # another path that merely starts the same
         ("/data/ckpt", "/data/ckpt"),  # not at a path start
-        ("/tmp/x /ckpt", "/L/tmp/x /L/ckpt"),
+        ("/tmp/no-such-adamw-dir /ckpt", "/L/tmp/no-such-adamw-dir /L/ckpt"),
         ("/tmp", "/L/tmp"),
     ],
 )
@@ -139,3 +139,20 @@ asyncio.run(main())
         await asyncio.sleep(0.05)
     os.kill(worker, 9)
     raise AssertionError("the worker survived its supervisor")
+
+
+def test_host_files_a_mount_would_hide_stay_visible(tmp_path):
+    """A checkout under /tmp with an emptyDir at /tmp: the venv's python is image content."""
+    host_file = tmp_path / "venv" / "bin" / "python"
+    host_file.parent.mkdir(parents=True)
+    host_file.write_text("")
+    scratch = tmp_path / "pod-tmp"
+    scratch.mkdir()
+    mounts = {str(tmp_path): scratch}
+    assert rewrite(str(host_file), mounts) == str(host_file)
+    # A path that exists nowhere on the host is the volume's, as before.
+    assert rewrite(f"{tmp_path}/ckpt/step-1", mounts) == f"{scratch}/ckpt/step-1"
+    # A file present in the volume wins over the host's.
+    (scratch / "venv" / "bin").mkdir(parents=True)
+    (scratch / "venv" / "bin" / "python").write_text("")
+    assert rewrite(str(host_file), mounts) == str(scratch / "venv" / "bin" / "python")

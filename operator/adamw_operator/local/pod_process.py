@@ -87,8 +87,21 @@ def rewrite(text: str, mounts: Mapping[str, Path | str], hosts: Mapping[str, str
     if mounts:
         by_path = {m.rstrip("/") or "/": str(local) for m, local in mounts.items()}
         alternatives = "|".join(re.escape(m) for m in sorted(by_path, key=len, reverse=True))
-        pattern = re.compile(r"(?<![\w.-])(" + alternatives + r")(?=/|$|[\s\"',:;}\]])")
-        text = pattern.sub(lambda m: by_path[m.group(1)], text)
+        pattern = re.compile(
+            r"(?<![\w.-])(" + alternatives + r")((?:/[^\s\"',:;}\]]*)?)(?=$|[\s\"',:;}\]])"
+        )
+
+        def one(m: re.Match[str]) -> str:
+            mount, rest = m.group(1), m.group(2)
+            local = by_path[mount] + rest
+            # The host stands in for the image. A host path that exists (a checkout or venv
+            # under /tmp, say) while the mounted volume has no such file stays as it is:
+            # on a real node that file would be in the image, not under the mount.
+            if rest and os.path.exists(mount + rest) and not os.path.exists(local):
+                return m.group(0)
+            return local
+
+        text = pattern.sub(one, text)
     if hosts:
         alternatives = "|".join(re.escape(h) for h in sorted(hosts, key=len, reverse=True))
         pattern = re.compile(r"(?<![\w.-])(" + alternatives + r")(?![\w-]|\.[\w-])")
