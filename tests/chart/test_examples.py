@@ -128,16 +128,10 @@ def test_operator_children_are_valid_and_scraped_by_the_pod_monitor(name, job):
     assert len(scraped) == max(1, spec.gpus_per_replica), "one metrics port per local rank"
 
 
-# Multi-GPU pods get one metrics port per local rank, all named `metrics` by the operator's
-# builder; the API server refuses duplicate port names in a pod (kubernetes-validate does not
-# check that). Reported to the lead: name them metrics, metrics-1, ... (the PodMonitor's
-# regex already selects that spelling).
-_DUPLICATE_PORTS = pytest.mark.xfail(reason="operator builder names every rank's port `metrics`", strict=False)
-
-
+# Multi-GPU pods get one metrics port per local rank; the API server refuses duplicate port
+# names in a pod (kubernetes-validate does not check that), so they must be metrics, metrics-1, ...
 @pytest.mark.parametrize("name,job", [
-    pytest.param(n, d, marks=_DUPLICATE_PORTS if d["spec"].get("gpusPerReplica", 0) > 1 else [],
-                 id=f"{n}:{d['metadata']['name']}") for n, d in jobs()])
+    pytest.param(n, d, id=f"{n}:{d['metadata']['name']}") for n, d in jobs()])
 def test_operator_pods_have_unique_port_names(name, job):
     spec = AdamWTrainingJobSpec.model_validate(job["spec"])
     pod = build_worker_pod(job["metadata"]["name"], "ml", "uid", spec, rank=0, attempt=0, restart_count=0)

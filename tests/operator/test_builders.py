@@ -87,7 +87,9 @@ def test_gpus_set_resources_and_multi_gpu_uses_torchrun():
     assert worker_command(spec)[0] == "torchrun" and "--nproc-per-node=8" in worker_command(spec)
     env = env_of(pod)
     assert env["NODE_RANK"] == "1" and env["NNODES"] == "2" and "RANK" not in env
-    assert [p["containerPort"] for p in container["ports"] if p["name"] == "metrics"] == list(range(9090, 9098))
+    metrics_ports = [p for p in container["ports"] if p["name"].startswith("metrics")]
+    assert [p["containerPort"] for p in metrics_ports] == list(range(9090, 9098))
+    assert [p["name"] for p in metrics_ports] == ["metrics"] + [f"metrics-{i}" for i in range(1, 8)]
 
 
 def test_user_overrides_reach_the_pod():

@@ -167,7 +167,8 @@ def build_worker_pod(
     }
     if port:
         container["ports"] = [
-            {"name": "metrics", "containerPort": port + i, "protocol": "TCP"}
+            # Port names must be unique in a pod: metrics, metrics-1, ... one per local rank.
+            {"name": "metrics" if i == 0 else f"metrics-{i}", "containerPort": port + i, "protocol": "TCP"}
             for i in range(max(1, spec.gpus_per_replica))
         ]
     if spec.replicas > 1 or spec.gpus_per_replica > 1:
