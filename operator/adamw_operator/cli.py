@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -48,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="HA: replicas sharing this KopfPeering name elect one active")
     peering.add_argument("--standalone", action="store_true", help="no peering (single replica; default)")
     p.add_argument("--priority", type=int, default=0, help="peering priority of this replica")
+    p.add_argument("--default-trainer-image", metavar="IMAGE",
+                   default=os.environ.get("ADAMW_DEFAULT_TRAINER_IMAGE") or None,
+                   help="trainer image for jobs without spec.image (env ADAMW_DEFAULT_TRAINER_IMAGE)")
     p.add_argument("--liveness-port", type=int, default=8080, help="port of GET /healthz (0: off)")
     p.add_argument("--metrics-port", type=int, default=9100, help="port of GET /metrics (0: off)")
     p.add_argument("--poll-interval", type=float, default=10.0,
@@ -108,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             start_http_server(args.metrics_port, registry=metrics.registry)
 
     controller = Controller(KubeClient(), metrics, poll_interval=args.poll_interval,
-                            resync_interval=args.resync_interval)
+                            resync_interval=args.resync_interval,
+                            default_image=args.default_trainer_image)
     register(registry, controller)
     kopf.run(
         registry=registry,

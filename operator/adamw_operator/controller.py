@@ -21,7 +21,7 @@ import aiohttp
 from adamw_trainer.config import ConfigError
 
 from .api.constants import API_VERSION, KIND, LABEL_JOB
-from .api.spec import AdamWTrainingJobSpec, parse_spec
+from .api.spec import AdamWTrainingJobSpec, parse_spec, with_default_image
 from .builders.configmap import build_configmap
 from .builders.pods import build_worker_pod
 from .builders.service import build_service
@@ -61,8 +61,10 @@ class Controller:
         tick: float = 0.1,
         rejected_retry_seconds: float = 30.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        default_image: str | None = None,
     ):
         self.kube = kube
+        self.default_image = default_image
         self.metrics = metrics or OperatorMetrics()
         self.poll_interval = poll_interval
         self.resync_interval = resync_interval
@@ -198,7 +200,7 @@ class Controller:
         status = body.get("status") or {}
         now = self.clock()
         try:
-            spec = parse_spec(body.get("spec"))
+            spec = with_default_image(parse_spec(body.get("spec")), self.default_image)
         except ConfigError as err:
             await self._report_unparsable(body, status, err.problems, now, generation)
             return

@@ -127,3 +127,10 @@ def test_unschedulable_and_image_pull_problems_are_reported():
     creating["status"]["containerStatuses"] = [{"name": "trainer", "state": {"waiting": {
         "reason": "ContainerCreating"}}}]
     assert observe_pod(creating).waiting == ""
+
+
+def test_cli_default_trainer_image_from_flag_or_env(monkeypatch):
+    monkeypatch.setenv("ADAMW_DEFAULT_TRAINER_IMAGE", "from-env:1")
+    assert build_parser().parse_args(["-A"]).default_trainer_image == "from-env:1"
+    args = build_parser().parse_args(["-A", "--default-trainer-image", "flag:2"])
+    assert args.default_trainer_image == "flag:2"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from adamw_operator.api.checks import runtime_problems
-from adamw_operator.api.spec import parse_job, parse_spec
+from adamw_operator.api.spec import parse_job, parse_spec, with_default_image
 from adamw_trainer.config import ConfigError
 
 from tests.operator.jobs import job_manifest
@@ -80,3 +80,16 @@ def test_runnable_spec_has_no_problems():
              "env": [{"name": "NCCL_DEBUG", "value": "INFO"}]},
     ))
     assert runtime_problems(spec) == []
+
+
+def test_a_job_without_image_uses_the_operators_default_or_is_invalid():
+    manifest = job_manifest()
+    del manifest["spec"]["image"]
+    _, spec = parse_job(manifest)
+    assert any(p.startswith("spec.image: not set") and "--default-trainer-image" in p
+               for p in runtime_problems(spec))
+    filled = with_default_image(spec, "registry.example/adamw-trainer:1.0")
+    assert filled.image == "registry.example/adamw-trainer:1.0" and runtime_problems(filled) == []
+    # A job's own image always wins over the default.
+    _, own = parse_job(job_manifest(image="mine:2"))
+    assert with_default_image(own, "registry.example/adamw-trainer:1.0").image == "mine:2"

@@ -22,6 +22,11 @@ def checkpoint_mount_path(spec: AdamWTrainingJobSpec) -> str:
 def runtime_problems(spec: AdamWTrainingJobSpec) -> list[str]:
     """Everything that would make the pods unrunnable, one `spec.field: problem; fix` line each."""
     problems: list[str] = []
+    if not spec.image:
+        problems.append(
+            "spec.image: not set, and this operator has no default trainer image; set spec.image, "
+            "or run the operator with --default-trainer-image (the Helm chart's trainerImage value)"
+        )
     pod = spec.pod
     volume_names = [v.name for v in pod.volumes]
     storage = spec.checkpoint_storage

@@ -177,7 +177,12 @@ class RestartPolicy(_Model):
 class AdamWTrainingJobSpec(_Model):
     """Desired state of a training job."""
 
-    image: str = Field(..., min_length=1, description="Trainer container image.")
+    image: str | None = Field(
+        None,
+        min_length=1,
+        description="Trainer container image. Omit it to use the operator's default "
+        "(`adamw-operator --default-trainer-image`, set by the Helm chart's `trainerImage` value).",
+    )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
         None, description="Image pull policy of the trainer container."
     )
@@ -340,3 +345,10 @@ def parse_job(manifest: Any, source: str = "manifest") -> tuple[dict[str, Any], 
     if problems:
         raise ConfigError(problems, source)
     return metadata, parse_spec(manifest.get("spec"), source)
+
+
+def with_default_image(spec: AdamWTrainingJobSpec, default_image: str | None) -> AdamWTrainingJobSpec:
+    """The spec with `image` filled from the operator's default when the job names none."""
+    if spec.image or not default_image:
+        return spec
+    return spec.model_copy(update={"image": default_image})

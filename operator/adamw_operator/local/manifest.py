@@ -14,7 +14,7 @@ from adamw_trainer.config import ConfigError
 
 from ..api.checks import runtime_problems
 from ..api.constants import KIND
-from ..api.spec import AdamWTrainingJobSpec, parse_job
+from ..api.spec import AdamWTrainingJobSpec, parse_job, with_default_image
 
 
 def load_manifest(path: Path) -> dict[str, Any]:
@@ -40,6 +40,8 @@ def load_manifest(path: Path) -> dict[str, Any]:
 def validate_manifest(manifest: Any, source: str) -> tuple[dict[str, Any], AdamWTrainingJobSpec]:
     """(metadata, spec), or ConfigError with one `field: problem; fix` line per problem."""
     metadata, spec = parse_job(manifest, source)
+    # Local workers are processes of this machine's .venv: the image is never pulled.
+    spec = with_default_image(spec, "local")
     problems = runtime_problems(spec)
     if problems:
         raise ConfigError(problems, source)
