@@ -71,7 +71,8 @@ class DataConfig(_Section):
         "stdlib",
         description="`stdlib`: the Python standard library's own .py files as bytes (offline "
         "quickstart corpus); `text`: a text file or directory of text files, tokenized as bytes; "
-        "`tokens`: nanoGPT-format uint16 .bin files; `synthetic`: random tokens for smoke tests.",
+        "`tokens`: nanoGPT-format uint16 .bin files; `synthetic`: generated arithmetic sequences "
+        "(learnable, no files) for smoke tests.",
     )
     path: str | None = Field(
         None, description="File or directory for the `text` and `tokens` sources."
@@ -184,7 +185,10 @@ class CheckpointConfig(_Section):
     )
     resume: bool = Field(True, description="Resume from the newest valid checkpoint on start.")
     preemption_save_timeout_seconds: float = Field(
-        60.0, gt=0.0, description="Time budget for the checkpoint saved on SIGTERM."
+        60.0,
+        gt=0.0,
+        description="Time budget for the checkpoint saved on SIGTERM; if the save fails or runs "
+        "over, the trainer exits 1 (a crash: work was lost) instead of 143.",
     )
 
 
