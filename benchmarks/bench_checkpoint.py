@@ -33,6 +33,8 @@ from adamw_trainer.optim import GuardedAdamW, param_groups
 
 from .common import describe_machine, md_table, median
 
+CPU = torch.device("cpu")
+
 
 def cpu_config() -> TrainerConfig:
     """The quickstart model's shape (examples/quickstart-trainer.yaml), synthetic batches."""
@@ -47,14 +49,17 @@ def cpu_config() -> TrainerConfig:
 
 
 class _Training:
-    def __init__(self, cfg: TrainerConfig, root: Path):
+    def __init__(self, cfg: TrainerConfig, root: Path, device: torch.device = CPU):
         torch.manual_seed(cfg.training.seed)
-        self.model = GPT(cfg.model)
+        self.device = device
+        self.model = GPT(cfg.model).to(device)
         self.optimizer = GuardedAdamW(param_groups(self.model, cfg.optimizer), cfg.optimizer)
         self.data = BatchSource(
             cfg.data, vocab_size=cfg.model.vocab_size, context_length=cfg.model.context_length,
-            batch_size=cfg.training.batch_size, seed=cfg.training.seed, device=torch.device("cpu"),
+            batch_size=cfg.training.batch_size, seed=cfg.training.seed, device=device,
         )
+        # bf16 autocast on CUDA, as the trainer runs GPU jobs; fp32 on CPU.
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
         self.step_no = 0
         self.snapshot = HostSnapshot()
         store = CheckpointStore(root, keep_latest=2)
@@ -65,7 +70,9 @@ class _Training:
 
     def step(self) -> None:
         x, y = self.data.train_batch(self.step_no, 0, 0)
-        self.model(x, y).backward()
+        with self.autocast:
+            loss = self.model(x, y)
+        loss.backward()
         self.optimizer.step()
         self.step_no += 1
 
@@ -86,15 +93,17 @@ class _Training:
             blocked = time.perf_counter() - start
         for _ in range(steps):
             self.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()  # the window ends when the GPU has done its steps
         if mode is not None:
             self.writers[mode].wait()
         return time.perf_counter() - start, blocked
 
 
-def measure(cfg: TrainerConfig, rounds: int, steps: int) -> dict:
+def measure(cfg: TrainerConfig, rounds: int, steps: int, device: torch.device = CPU) -> dict:
     root = Path(tempfile.mkdtemp(prefix="bench-ckpt-"))
     try:
-        t = _Training(cfg, root)
+        t = _Training(cfg, root, device)
         for _ in range(3):  # warm-up: allocator, snapshot buffers, page cache
             t.window(None, 1)
             t.window("sync", 0)
