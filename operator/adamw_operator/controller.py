@@ -227,13 +227,13 @@ class Controller:
         written = dict(st)
         if plan.failure_observed:
             reason = (st.get("lastFailure") or {}).get("reason", "Unknown")
-            self.metrics.restarts.labels(namespace=namespace, reason=reason).inc()
+            self.metrics.restarts.labels(namespace=namespace, job_name=name, reason=reason).inc()
             preempted = reason in ("Preempted", "PodLost")
             delay = 0.0 if preempted else backoff_seconds(spec, st.get("restarts", 0))
             self._failure_seen[key] = (time.monotonic(), delay)
         if st.get("phase") == "Failed" and old.get("phase") != "Failed":
             reason = next((c["reason"] for c in st.get("conditions", []) if c["type"] == "Failed"), "Unknown")
-            self.metrics.failures.labels(namespace=namespace, reason=reason).inc()
+            self.metrics.failures.labels(namespace=namespace, job_name=name, reason=reason).inc()
         await asyncio.gather(*(self.kube.delete_pod(namespace, n) for n in plan.delete_pods))
         if plan.create_ranks:
             refused = await self._create_workers(namespace, name, uid, spec, st, plan.create_ranks)

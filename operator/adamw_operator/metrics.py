@@ -1,8 +1,11 @@
 """The operator's own Prometheus metrics (served on `--metrics-port`, path /metrics).
 
     adamw_operator_jobs{namespace,phase}                       gauge, jobs by phase
-    adamw_operator_restarts_total{namespace,reason}            gang restarts by reason
-    adamw_operator_job_failures_total{namespace,reason}        jobs that failed, by reason
+    adamw_operator_restarts_total{namespace,job_name,reason}   gang restarts by reason
+    adamw_operator_job_failures_total{namespace,job_name,reason}  jobs that failed, by reason
+
+`job_name` names the job (one series per job that restarted or failed, as kube-state-metrics
+does for Jobs), so alerts can say which job; `job_name` matches the PodMonitor's label.
     adamw_operator_reconcile_errors_total{kind}                reconciles that raised
     adamw_operator_reconcile_duration_seconds                  histogram
     adamw_operator_failure_to_replacement_seconds              histogram: pod failure seen ->
@@ -24,9 +27,9 @@ class OperatorMetrics:
         self.jobs = Gauge("adamw_operator_jobs", "AdamWTrainingJobs by phase.",
                           ["namespace", "phase"], registry=r)
         self.restarts = Counter("adamw_operator_restarts_total", "Gang restarts by reason.",
-                                ["namespace", "reason"], registry=r)
+                                ["namespace", "job_name", "reason"], registry=r)
         self.failures = Counter("adamw_operator_job_failures_total", "Jobs that failed, by reason.",
-                                ["namespace", "reason"], registry=r)
+                                ["namespace", "job_name", "reason"], registry=r)
         self.reconcile_errors = Counter("adamw_operator_reconcile_errors_total",
                                         "Reconciles that raised, by error kind.", ["kind"], registry=r)
         self.reconcile_seconds = Histogram(

@@ -110,8 +110,8 @@ def start_operator_metrics() -> tuple[Any, int]:
     holding what an operator that has run one job through a crash would report."""
     metrics = OperatorMetrics()
     metrics.set_phase(NAMESPACE, JOB, "Running")
-    metrics.restarts.labels(namespace=NAMESPACE, reason="Crashed").inc()
-    metrics.failures.labels(namespace=NAMESPACE, reason="NoProgress")  # exported at 0
+    metrics.restarts.labels(namespace=NAMESPACE, job_name=JOB, reason="Crashed").inc()
+    metrics.failures.labels(namespace=NAMESPACE, job_name=JOB, reason="NoProgress")  # exported at 0
     metrics.reconcile_errors.labels(kind="ApiError")
     metrics.reconcile_seconds.observe(0.01)
     metrics.replacement_seconds.observe(0.3)

@@ -55,7 +55,7 @@ async def test_job_runs_to_success(kube, fake_kubelet):
 
 
 async def test_crash_gang_restarts_then_succeeds(kube, fake_kubelet):
-    async with running_operator(kube):
+    async with running_operator(kube) as controller:
         await kube.client.create("awj", job_manifest("crash"))
         first = await all_running(kube, "crash", 0)
         uids = {p["metadata"]["uid"] for p in first}
@@ -71,10 +71,13 @@ async def test_crash_gang_restarts_then_succeeds(kube, fake_kubelet):
         assert job["status"]["restarts"] == 1 and job["status"]["attempt"] == 1
         reasons = [e["reason"] for e in await events_for(kube, "crash")]
         assert "CrashedRestart" in reasons and "Succeeded" in reasons
+        restarts = controller.metrics.registry.get_sample_value(
+            "adamw_operator_restarts_total", {"namespace": "default", "job_name": "crash", "reason": "Crashed"})
+        assert restarts == 1  # alerts can name the job
 
 
 async def test_invalid_config_fails_without_restart(kube, fake_kubelet):
-    async with running_operator(kube):
+    async with running_operator(kube) as controller:
         await kube.client.create("awj", job_manifest("bad"))
         await all_running(kube, "bad", 0)
         await fake_kubelet.finish("bad-worker-0", 2, message='{"reason":"InvalidConfig","exitCode":2,'
@@ -85,6 +88,9 @@ async def test_invalid_config_fails_without_restart(kube, fake_kubelet):
         await asyncio.sleep(0.5)
         assert await workers(kube, "bad", attempt=1) == []
         assert (await kube.client.get("awj", "bad"))["status"]["restarts"] == 0
+        failures = controller.metrics.registry.get_sample_value(
+            "adamw_operator_job_failures_total", {"namespace": "default", "job_name": "bad", "reason": "InvalidConfig"})
+        assert failures == 1
 
 
 async def test_preemption_restarts_without_using_the_budget(kube, fake_kubelet):
