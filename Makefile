@@ -40,7 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all
 
 lint: $(STAMP) $(TOOLS_STAMP)
-	$(BIN)/ruff check trainer_image operator tests scripts
+	$(BIN)/ruff check trainer_image operator tests scripts benchmarks
 	$(BIN)/hadolint --no-color Dockerfile trainer_image/Dockerfile
 
 ## crd: regenerate crds/ and the chart's copy from the pydantic models
