@@ -1,7 +1,5 @@
 """`python -m adamw_trainer --config FILE` (what torchrun runs with `-m`)."""
 
-import sys
+from .cli import entry
 
-from .cli import main
-
-sys.exit(main())
+entry()
