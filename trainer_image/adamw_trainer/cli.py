@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .config import ConfigError, TrainerConfig, format_validation_error, load_config
-from .exit_codes import ExitCode, ExitReason, TerminationMessage
+from .exit_codes import ExitCode, ExitReason, TerminationMessage, reason_for_exit_code
 
 # env var -> (config group, field)
 ENV_OVERRIDES = {
@@ -64,6 +64,16 @@ def _raw_termination_path(config_path: str, default: str) -> str:
     return path if isinstance(path, str) and path else default
 
 
+def _invalid_config(message: str, termination_path: str) -> int:
+    """Say why the config cannot run where Kubernetes shows it; restarting cannot help."""
+    TerminationMessage(
+        reason=ExitReason.INVALID_CONFIG.value,
+        exit_code=int(ExitCode.INVALID_CONFIG),
+        message=message,
+    ).write(termination_path)
+    return int(ExitCode.INVALID_CONFIG)
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="adamw-train", description="Train a GPT with guarded fused AdamW and Prometheus metrics."
@@ -84,12 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"adamw-train: {err}", file=sys.stderr)
         if termination_path == "/dev/termination-log":
             termination_path = _raw_termination_path(args.config, termination_path)
-        TerminationMessage(
-            reason=ExitReason.INVALID_CONFIG.value,
-            exit_code=int(ExitCode.INVALID_CONFIG),
-            message=str(err),
-        ).write(termination_path)
-        return int(ExitCode.INVALID_CONFIG)
+        return _invalid_config(str(err), termination_path)
 
     # torch is imported only after the config is known to be valid: a bad file fails fast.
     from .data import DataError
@@ -115,12 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as err:
         # A data problem is a configuration problem: restarting cannot fix it.
         print(f"adamw-train: invalid data: {err}", file=sys.stderr)
-        TerminationMessage(
-            reason=ExitReason.INVALID_CONFIG.value,
-            exit_code=int(ExitCode.INVALID_CONFIG),
-            message=str(err),
-        ).write(termination_path)
-        return int(ExitCode.INVALID_CONFIG)
+        return _invalid_config(str(err), termination_path)
     except Exception as err:
         # A crash is retryable; say what happened where `kubectl describe pod` shows it.
         TerminationMessage(
@@ -137,19 +137,13 @@ def main(argv: list[str] | None = None) -> int:
         destroy_process_group()
 
     TerminationMessage(
-        reason=_reason(code).value,
+        reason=reason_for_exit_code(code).value,
         exit_code=int(code),
         step=trainer.step,
         last_good_checkpoint_step=trainer.last_good_checkpoint_step,
         message=trainer.exit_message or f"stopped at step {trainer.step} of {cfg.training.max_steps}",
     ).write(termination_path)
     return int(code)
-
-
-def _reason(code: int) -> ExitReason:
-    from .exit_codes import reason_for_exit_code
-
-    return reason_for_exit_code(code)
 
 
 def entry() -> None:
