@@ -24,8 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 
 
-class _Section(BaseModel):
-    """Base for every config group: camelCase aliases, unknown fields are errors."""
+class CamelModel(BaseModel):
+    """Base for config groups and the job spec's models: camelCase aliases, unknown fields refused."""
 
     model_config = ConfigDict(
         alias_generator=to_camel,
@@ -35,7 +35,7 @@ class _Section(BaseModel):
     )
 
 
-class ModelConfig(_Section):
+class ModelConfig(CamelModel):
     """GPT-style decoder: pre-norm blocks, causal attention, tied input/output embeddings."""
 
     layers: int = Field(4, ge=1, le=256, description="Number of transformer blocks.")
@@ -64,7 +64,7 @@ class ModelConfig(_Section):
         return self
 
 
-class DataConfig(_Section):
+class DataConfig(CamelModel):
     """Where training batches come from. Batches are a pure function of (seed, step, rank)."""
 
     source: Literal["stdlib", "text", "tokens", "synthetic"] = Field(
@@ -102,7 +102,7 @@ class DataConfig(_Section):
         return self
 
 
-class OptimizerConfig(_Section):
+class OptimizerConfig(CamelModel):
     """AdamW with decoupled weight decay (Loshchilov & Hutter) on PyTorch's fused kernel."""
 
     lr: float = Field(1e-3, gt=0.0, le=10.0, description="Peak learning rate.")
@@ -129,7 +129,7 @@ class OptimizerConfig(_Section):
         return betas
 
 
-class ScheduleConfig(_Section):
+class ScheduleConfig(CamelModel):
     """Linear warmup, then cosine decay to a floor at `training.maxSteps`."""
 
     warmup_steps: int = Field(100, ge=0, description="Steps of linear warmup from 0 to `optimizer.lr`.")
@@ -138,7 +138,7 @@ class ScheduleConfig(_Section):
     )
 
 
-class TrainingConfig(_Section):
+class TrainingConfig(CamelModel):
     max_steps: int = Field(1000, ge=1, description="Optimizer steps to train for.")
     batch_size: int = Field(16, ge=1, le=65536, description="Sequences per micro-batch per rank.")
     grad_accumulation_steps: int = Field(
@@ -158,7 +158,7 @@ class TrainingConfig(_Section):
     )
 
 
-class MetricsConfig(_Section):
+class MetricsConfig(CamelModel):
     port: int = Field(
         9090,
         ge=0,
@@ -169,7 +169,7 @@ class MetricsConfig(_Section):
     host: str = Field("0.0.0.0", description="Address the metrics server binds.")
 
 
-class CheckpointConfig(_Section):
+class CheckpointConfig(CamelModel):
     dir: str = Field(
         "checkpoints", description="Directory for `step-N` checkpoints (mount a volume here)."
     )
@@ -192,7 +192,7 @@ class CheckpointConfig(_Section):
     )
 
 
-class DivergenceConfig(_Section):
+class DivergenceConfig(CamelModel):
     max_consecutive_nonfinite_steps: int = Field(
         20, ge=1, description="Consecutive skipped (NaN/Inf) steps tolerated before acting."
     )
@@ -209,7 +209,7 @@ class DivergenceConfig(_Section):
     )
 
 
-class TrainerConfig(_Section):
+class TrainerConfig(CamelModel):
     """Everything the trainer needs, grouped by concern. Every field has a default."""
 
     model: ModelConfig = Field(default_factory=ModelConfig, description="Model architecture.")

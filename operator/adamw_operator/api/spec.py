@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from adamw_trainer.config import ConfigError, TrainerConfig, format_validation_error
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic.alias_generators import to_camel
+from adamw_trainer.config import CamelModel, ConfigError, TrainerConfig, format_validation_error
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from .constants import API_VERSION, KIND
 
@@ -23,10 +22,8 @@ PRESERVE = {"x-kubernetes-preserve-unknown-fields": True}
 INT_OR_STRING = {"x-kubernetes-int-or-string": True}
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", validate_assignment=True
-    )
+# The job spec follows the trainer config's conventions (camelCase, unknown fields refused).
+_Model = CamelModel
 
 
 class KubeObject(_Model):
