@@ -13,7 +13,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,7 +30,7 @@ from .kube import ApiError, KubeClient
 from .metrics import OperatorMetrics
 from .observe import WorkerObservation, observe_pod
 from .progress import fold_progress, read_status
-from .status import TERMINAL_PHASES, rfc3339, set_condition
+from .status import TERMINAL_PHASES, get_condition, rfc3339, set_condition
 
 log = logging.getLogger("adamw_operator")
 Key = tuple[str, str]
@@ -150,7 +150,11 @@ class Controller:
                     break
 
     def _spawn(self, namespace: str, name: str) -> None:
-        task = asyncio.create_task(self.reconcile(namespace, name))
+        self._track(self.reconcile(namespace, name))
+
+    def _track(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` in the background; `stop` cancels whatever is still running."""
+        task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -232,7 +236,7 @@ class Controller:
             delay = 0.0 if preempted else backoff_seconds(spec, st.get("restarts", 0))
             self._failure_seen[key] = (time.monotonic(), delay)
         if st.get("phase") == "Failed" and old.get("phase") != "Failed":
-            reason = next((c["reason"] for c in st.get("conditions", []) if c["type"] == "Failed"), "Unknown")
+            reason = (get_condition(st, "Failed") or {}).get("reason", "Unknown")
             self.metrics.failures.labels(namespace=namespace, job_name=name, reason=reason).inc()
         await asyncio.gather(*(self.kube.delete_pod(namespace, n) for n in plan.delete_pods))
         if plan.create_ranks:
@@ -242,7 +246,7 @@ class Controller:
                 set_condition(st, "InvalidSpec", True, "PodRejected", message, self.clock(),
                               st.get("observedGeneration"))
                 st["message"] = message
-                before = next((c for c in old.get("conditions", []) if c.get("type") == "InvalidSpec"), {})
+                before = get_condition(old, "InvalidSpec") or {}
                 if before.get("message") != message:  # retried periodically; said once
                     plan.events.append(Event("Warning", "PodRejected", message))
                 plan.requeue(self.rejected_retry_seconds)
@@ -251,7 +255,7 @@ class Controller:
                 if key in self._failure_seen:
                     seen, delay = self._failure_seen.pop(key)
                     self.metrics.replacement_seconds.observe(max(0.0, time.monotonic() - seen - delay))
-                rejected = next((c for c in st.get("conditions", []) if c.get("type") == "InvalidSpec"), {})
+                rejected = get_condition(st, "InvalidSpec") or {}
                 if rejected.get("reason") == "PodRejected" and rejected.get("status") == "True":
                     set_condition(st, "InvalidSpec", False, "PodsCreated", "", self.clock(),
                                   st.get("observedGeneration"))
@@ -396,9 +400,7 @@ class Controller:
             if now - last_poll >= self.poll_interval:
                 last_poll = now
                 for key in list(self._rank0):
-                    task = asyncio.create_task(self._safe_poll(*key))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+                    self._track(self._safe_poll(*key))
             if now - last_resync >= self.resync_interval:
                 last_resync = now
                 for key, phase in list(self._phase.items()):

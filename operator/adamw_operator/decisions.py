@@ -161,9 +161,8 @@ def decide(
     workers: list[WorkerObservation],
     now: datetime,
     generation: int | None = None,
-    spec_errors: list[str] | None = None,
 ) -> Plan:
-    """The next step for one job. `spec_errors`: problems found when parsing the spec."""
+    """The next step for one job."""
     st = copy.deepcopy(status or {})
     for key in ("attempt", "restarts", "preemptions", "restartsWithoutProgress"):
         st.setdefault(key, 0)
@@ -181,7 +180,7 @@ def decide(
         _ttl(plan, spec, st, now)
         return plan
 
-    problems = (spec_errors or []) + runtime_problems(spec)
+    problems = runtime_problems(spec)
     if problems:
         message = "; ".join(problems)
         if not condition_true(st, "InvalidSpec") or get_condition(st, "InvalidSpec")["message"] != message:

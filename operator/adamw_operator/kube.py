@@ -165,11 +165,8 @@ class KubeClient:
                 content_type="application/merge-patch+json",
             )
 
-    async def delete(self, path: str, grace_seconds: int | None = None,
-                     propagation: str | None = None) -> None:
+    async def delete(self, path: str, propagation: str | None = None) -> None:
         body: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1"}
-        if grace_seconds is not None:
-            body["gracePeriodSeconds"] = grace_seconds
         if propagation:
             body["propagationPolicy"] = propagation
         try:

@@ -12,10 +12,6 @@ import aiohttp
 from .decisions import Event
 from .status import rfc3339
 
-# The trainer names its measured save time; accept the spellings it may use.
-SAVE_TIME_KEYS = ("checkpointSaveSeconds", "lastCheckpointSaveSeconds", "checkpointSaveDurationSeconds",
-                  "lastSaveSeconds", "saveSeconds")
-
 
 def _time(value: Any) -> str | None:
     if isinstance(value, (int, float)) and math.isfinite(value):
@@ -71,11 +67,9 @@ def fold_progress(
         ref = _checkpoint(report.get(key))
         if ref is not None:
             patch[key] = ref
-    for key in SAVE_TIME_KEYS:
-        value = _number(report.get(key))
-        if value is not None:
-            patch["checkpointSaveSeconds"] = round(value, 3)
-            break
+    save = _number(report.get("checkpointSaveSeconds"))  # the trainer's longest measured save
+    if save is not None:
+        patch["checkpointSaveSeconds"] = round(save, 3)
     rollbacks = report.get("rollbacks")
     if isinstance(rollbacks, int) and not isinstance(rollbacks, bool):
         before = status.get("rollbacks") or 0
