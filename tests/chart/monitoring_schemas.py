@@ -45,39 +45,31 @@ _ENDPOINT_COMMON = {
     "metricRelabelings": {"type": "array", "items": _RELABEL},
 }
 
-SERVICE_MONITOR = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "metadata": _META,
-        "spec": {
-            "type": "object", "additionalProperties": False, "required": ["selector", "endpoints"],
-            "properties": {
-                "jobLabel": _STR, "selector": _SELECTOR, "namespaceSelector": _NS_SELECTOR,
-                "endpoints": {"type": "array", "minItems": 1, "items": {
-                    "type": "object", "additionalProperties": False,
-                    "properties": {"port": _STR, "targetPort": {"type": ["string", "integer"]}, **_ENDPOINT_COMMON}}},
-            },
-        },
-    },
-}
 
-POD_MONITOR = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "metadata": _META,
-        "spec": {
-            "type": "object", "additionalProperties": False, "required": ["selector", "podMetricsEndpoints"],
-            "properties": {
-                "jobLabel": _STR, "selector": _SELECTOR, "namespaceSelector": _NS_SELECTOR,
-                "podMetricsEndpoints": {"type": "array", "minItems": 1, "items": {
-                    "type": "object", "additionalProperties": False,
-                    "properties": {"port": _STR, "portNumber": {"type": "integer"}, **_ENDPOINT_COMMON}}},
-            },
+def _object(spec: dict) -> dict:
+    """A namespaced object of one of these kinds, with the given `spec` schema."""
+    return {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {"metadata": _META, "spec": spec},
+    }
+
+
+def _monitor(endpoints_field: str, port_fields: dict) -> dict:
+    """ServiceMonitor/PodMonitor: same spec but for the endpoints list's name and port fields."""
+    return _object({
+        "type": "object", "additionalProperties": False, "required": ["selector", endpoints_field],
+        "properties": {
+            "jobLabel": _STR, "selector": _SELECTOR, "namespaceSelector": _NS_SELECTOR,
+            endpoints_field: {"type": "array", "minItems": 1, "items": {
+                "type": "object", "additionalProperties": False,
+                "properties": {"port": _STR, **port_fields, **_ENDPOINT_COMMON}}},
         },
-    },
-}
+    })
+
+
+SERVICE_MONITOR = _monitor("endpoints", {"targetPort": {"type": ["string", "integer"]}})
+POD_MONITOR = _monitor("podMetricsEndpoints", {"portNumber": {"type": "integer"}})
 
 _RULE = {
     "type": "object", "additionalProperties": False, "required": ["expr"],
@@ -87,18 +79,11 @@ _RULE = {
         "keep_firing_for": _DURATION, "labels": _LABELS, "annotations": _LABELS,
     },
 }
-PROMETHEUS_RULE = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "metadata": _META,
-        "spec": {"type": "object", "additionalProperties": False, "properties": {
-            "groups": {"type": "array", "items": {
-                "type": "object", "additionalProperties": False, "required": ["name", "rules"],
-                "properties": {"name": _STR, "interval": _DURATION, "limit": {"type": "integer"},
-                               "partial_response_strategy": _STR,
-                               "rules": {"type": "array", "items": _RULE}}}}}},
-    },
-}
+PROMETHEUS_RULE = _object({"type": "object", "additionalProperties": False, "properties": {
+    "groups": {"type": "array", "items": {
+        "type": "object", "additionalProperties": False, "required": ["name", "rules"],
+        "properties": {"name": _STR, "interval": _DURATION, "limit": {"type": "integer"},
+                       "partial_response_strategy": _STR,
+                       "rules": {"type": "array", "items": _RULE}}}}}})
 
 SCHEMAS = {"ServiceMonitor": SERVICE_MONITOR, "PodMonitor": POD_MONITOR, "PrometheusRule": PROMETHEUS_RULE}
