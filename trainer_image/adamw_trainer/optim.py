@@ -17,8 +17,6 @@ the norm of the scaled gradients is divided by it, and `grad_scale` carries
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import torch
 from torch import nn
 
@@ -130,8 +128,3 @@ class GuardedAdamW:
             if name in state:
                 getattr(self, name).copy_(state[name])
 
-
-def global_grad_norm(params: Iterable[torch.Tensor]) -> torch.Tensor:
-    """L2 norm over all gradients (what clip_grad_norm_ computes), on the device."""
-    grads = [p.grad for p in params if p.grad is not None]
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))

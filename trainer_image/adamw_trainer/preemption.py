@@ -64,27 +64,9 @@ class PreemptionWatcher:
         """This process got the signal (no communication with other ranks)."""
         return self._event.is_set()
 
-    def request(self, reason: str = "requested") -> None:
-        """Ask for a stop as if a signal had come (tests, and other ranks' decisions)."""
-        self.signal_name = self.signal_name or reason
-        self.received_at = self.received_at or time.monotonic()
-        self._event.set()
-
     def seconds_left(self, budget: float) -> float:
         """Time left of `budget` seconds counted from the signal's arrival."""
         if self.received_at is None:
             return budget
         return max(0.0, budget - (time.monotonic() - self.received_at))
 
-    def agreed(self, flag_all_reduce=None) -> bool:
-        """Whether any rank got the signal. `flag_all_reduce(int) -> int` takes the max over ranks.
-
-        Every rank must call this at the same step so they all stop at the same step.
-        """
-        mine = 1 if self.requested else 0
-        if flag_all_reduce is None:
-            return bool(mine)
-        anyone = bool(flag_all_reduce(mine))
-        if anyone and not self.requested:
-            self.request("peer-preempted")
-        return anyone

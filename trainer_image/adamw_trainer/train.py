@@ -135,8 +135,6 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.lr_scale = 1.0
-        # Stop before the next step as on SIGTERM (the signal itself sets self.preemption).
-        self.stop_requested = False
 
         self.n_params = count_parameters(self.raw_model)
         self.tokens_per_step = t.batch_size * cfg.model.context_length * t.grad_accumulation_steps
@@ -160,7 +158,6 @@ class Trainer:
             phase="Starting",
         )
         self.server: MetricsServer | None = None
-        self.last_counters: IntervalCounters | None = None
 
         # Fault tolerance (issue 3): checkpoints, divergence policy, preemption.
         self.ft_metrics = FaultToleranceMetrics(self.metrics.registry, self.env.rank)
@@ -358,7 +355,6 @@ class Trainer:
         self._loss_count.zero_()
         self._interval_steps = 0
         self._interval_start = now
-        self.last_counters = counters
         return counters
 
     def _report_interval(self, c: IntervalCounters) -> None:
@@ -558,7 +554,7 @@ class Trainer:
 
     def _stop_agreed(self) -> bool:
         """Whether any rank was asked to stop (SIGTERM); every rank asks at every step."""
-        return self.agreement.any(self.stop_requested or self.preemption.requested)
+        return self.agreement.any(self.preemption.requested)
 
     def on_stop_requested(self) -> int:
         """SIGTERM: save this step's checkpoint within the budget; 143 only if it is on disk."""

@@ -193,9 +193,7 @@ def load(info: CheckpointInfo) -> Payload:
     )
 
 
-def restore(
-    payload: Payload, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, rng: bool = True
-) -> dict[str, Any]:
+def restore(payload: Payload, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Load a payload into model and optimizer in place; return the trainer state (without RNG)."""
     try:
         unwrap(model).load_state_dict(payload.model)
@@ -209,6 +207,6 @@ def restore(
         raise CheckpointError(f"checkpoint optimizer state does not fit: {err}") from None
     state = dict(payload.train_state)
     rng_saved = state.pop("rng", None)
-    if rng and rng_saved is not None:
+    if rng_saved is not None:
         set_rng_state(rng_saved)
     return state
