@@ -123,10 +123,8 @@ class CheckpointManager:
     def _newest_good_step(self, resumed: CheckpointInfo) -> int | None:
         if resumed.known_good:
             return resumed.step
-        for info in self.store.valid_newest_first():
-            if info.known_good:
-                return info.step
-        return None
+        good = self.store.last_good()
+        return good.step if good is not None else None
 
     def _count_corrupt(self, step: int, err: Exception) -> None:
         self.metrics.corrupt_skipped.inc()
