@@ -80,9 +80,8 @@ async def _run(name: str, namespace: str, spec, manifest: Path, run_dir: Path, *
 
 async def _run_locked(name: str, namespace: str, spec, manifest: Path, run_dir: Path, *,  # noqa: ANN001
                       prometheus: bool) -> int:
-    view = ConsoleView()
-    job = LocalJob(name=name, spec=spec, root=run_dir.resolve(), reporter=_Recorder(view, run_dir.resolve()),
-                   namespace=namespace)
+    view = _RecordingView(run_dir.resolve())
+    job = LocalJob(name=name, spec=spec, root=run_dir.resolve(), reporter=view, namespace=namespace)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, job.request_stop)
     loop.add_signal_handler(signal.SIGTERM, job.request_stop)
@@ -117,24 +116,18 @@ async def _run_locked(name: str, namespace: str, spec, manifest: Path, run_dir: 
     return EXIT_OK if status.get("phase") == "Succeeded" else EXIT_FAILED
 
 
-class _Recorder:
+class _RecordingView(ConsoleView):
     """The console view, plus a record of rank 0's logs for the loss curve across runs."""
 
-    def __init__(self, view: ConsoleView, run_dir: Path) -> None:
-        self.view = view
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__()
         self.run_dir = run_dir
 
     def worker_started(self, worker) -> None:  # noqa: ANN001
         if worker.rank == 0:
             with contextlib.suppress(OSError), open(self.run_dir / RANK0_LOGS, "a") as f:
                 f.write(f"{worker.log_file}\n")
-        self.view.worker_started(worker)
-
-    def event(self, event) -> None:  # noqa: ANN001
-        self.view.event(event)
-
-    def update(self, status) -> None:  # noqa: ANN001
-        self.view.update(status)
+        super().worker_started(worker)
 
 
 def _rank0_logs(run_dir: Path) -> list[Path]:

@@ -189,17 +189,17 @@ class LocalJob:
         hosts = {dns: self.ip_of(rank) for rank, pod in pods.items() for dns in dns_names(pod)}
         metrics_port = self.spec.trainer.metrics.port
         for rank in ranks:
-            pod = pods[rank]
+            pod, ip = pods[rank], self.ip_of(rank)
             try:
-                launch = prepare_pod(pod, root=self.root, pod_ip=self.ip_of(rank), config_maps=config,
+                launch = prepare_pod(pod, root=self.root, pod_ip=ip, config_maps=config,
                                      hosts=hosts, claim_dir=lambda claim: self.root / "volumes" / claim)
             except PodSpecError as err:
                 raise LocalRunError(str(err)) from None
             process = LocalProcess(launch)
             await process.start()
-            pod["status"] = pod_status.running(pod, self.ip_of(rank))
-            worker = Worker(rank=rank, attempt=attempt, pod=pod, ip=self.ip_of(rank), process=process,
-                            metrics_url=f"http://{self.ip_of(rank)}:{metrics_port}/metrics" if metrics_port else None)
+            pod["status"] = pod_status.running(pod, ip)
+            worker = Worker(rank=rank, attempt=attempt, pod=pod, ip=ip, process=process,
+                            metrics_url=f"http://{ip}:{metrics_port}/metrics" if metrics_port else None)
             worker.task = asyncio.create_task(self._watch(worker))
             self.workers[worker.name] = worker
             self.history.append(worker)
@@ -219,7 +219,7 @@ class LocalJob:
         worker.pod["metadata"]["deletionTimestamp"] = pod_status.now_iso()
 
         async def stop_and_forget() -> None:
-            await worker.process.stop(worker.process.launch.grace_seconds)
+            await worker.process.stop()
             if worker.task is not None:
                 await worker.task
             self.workers.pop(name, None)  # the kubelet confirmed: the pod object is gone
@@ -231,8 +231,7 @@ class LocalJob:
 
     async def _stop_all(self) -> None:
         """Stop every worker like a pod deletion (SIGTERM, grace, SIGKILL) and wait."""
-        stops = [w.process.stop(w.process.launch.grace_seconds) for w in self.workers.values()
-                 if w.process.running]
+        stops = [w.process.stop() for w in self.workers.values() if w.process.running]
         await asyncio.gather(*stops)
         tasks = [w.task for w in self.workers.values() if w.task is not None]
         await asyncio.gather(*tasks, *self._deletions, return_exceptions=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..decisions import Event
+from ..status import parse_time
 
 
 def checkpoint_step(status: dict[str, Any]) -> int | None:
@@ -46,11 +47,8 @@ def status_line(status: dict[str, Any]) -> str:
 
 
 def _seconds_until(rfc3339: str) -> float:
-    try:
-        when = datetime.fromisoformat(rfc3339.replace("Z", "+00:00"))
-    except ValueError:
-        return 0.0
-    return (when - datetime.now(UTC)).total_seconds()
+    when = parse_time(rfc3339)
+    return 0.0 if when is None else (when - datetime.now(UTC)).total_seconds()
 
 
 class ConsoleView:
