@@ -6,7 +6,6 @@ import errno
 import os
 import random
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +19,8 @@ from adamw_trainer.checkpoint.store import (
     CorruptCheckpointError,
     UnsafeCheckpointError,
 )
+
+from tests.trainer.trainer_process import RunsCode
 
 
 def tiny_model_and_optimizer(seed: int = 0):
@@ -82,21 +83,11 @@ def test_snapshot_is_a_copy_unaffected_by_later_steps(tmp_path):
     assert again.model["0.weight"].data_ptr() == captured.model["0.weight"].data_ptr()
 
 
-class _RunsCode:
-    """A pickle payload that would create a file if unpickled: what an attacker would plant."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_planted_malicious_pickle_is_refused_and_never_runs(tmp_path):
     model, opt = tiny_model_and_optimizer()
     store = CheckpointStore(tmp_path / "ckpt")
     marker = tmp_path / "pwned"
-    evil = {"0.weight": _RunsCode(marker)}
+    evil = {"0.weight": RunsCode(marker)}
     good = payload.capture(model, opt, {"step": 1}).writers()
     # The attacker writes a complete checkpoint with a valid manifest: checksums cannot help.
     files = {**good, payload.MODEL_FILE: lambda f: torch.save(evil, f)}

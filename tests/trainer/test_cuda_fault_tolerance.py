@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 
 import pytest
 import torch
@@ -21,7 +20,7 @@ from tests.trainer.trainer_process import (
     small_config,
     trainer_cmd,
     trainer_env,
-    wait_for_status,
+    wait_until,
     write_config,
 )
 
@@ -43,13 +42,10 @@ def cuda_config(tmp_path, port: int, max_steps: int) -> dict:
 
 
 def wait_for_step(port: int, proc: subprocess.Popen, step: int, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = wait_for_status(port, proc)
-        if (status.get("lastCheckpoint") or {}).get("step", 0) >= step:
-            return status
-        time.sleep(0.2)
-    raise AssertionError(f"no checkpoint at step {step} within {timeout}s")
+    return wait_until(
+        port, proc, lambda s: (s.get("lastCheckpoint") or {}).get("step", 0) >= step, timeout, poll=0.2,
+        what=f"no checkpoint at step {step}",
+    )
 
 
 def test_sigkill_then_resume_on_cuda_finishes_from_the_checkpoint(tmp_path):

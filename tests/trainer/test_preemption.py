@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 
 import pytest
 from adamw_trainer.checkpoint.store import CheckpointStore
@@ -18,7 +17,7 @@ from tests.trainer.trainer_process import (
     small_config,
     trainer_cmd,
     trainer_env,
-    wait_for_status,
+    wait_until,
     write_config,
 )
 
@@ -66,16 +65,6 @@ def start_long_run(tmp_path, port: int, **env: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def wait_until(port: int, proc: subprocess.Popen, predicate, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = wait_for_status(port, proc)
-        if predicate(status):
-            return status
-        time.sleep(0.05)
-    raise AssertionError(f"status never satisfied the condition: {status}")
 
 
 @pytest.mark.slow

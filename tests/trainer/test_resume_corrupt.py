@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from adamw_trainer.checkpoint.store import CheckpointMeta, CheckpointStore
 
 from tests.trainer.trainer_process import (
+    RunsCode,
     free_port,
     http_get,
     json_events,
@@ -23,14 +22,6 @@ from tests.trainer.trainer_process import (
     wait_for_status,
     write_config,
 )
-
-
-class _RunsCode:
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 @pytest.mark.slow
@@ -49,7 +40,7 @@ def test_truncated_and_unsafe_newest_checkpoints_are_skipped_and_counted(tmp_pat
     store.write(
         CheckpointMeta(step=35, loss=1.0, finite=True, time=time.time(), config_hash="x", world_size=1, tokens_seen=0),
         {
-            "model.pt": lambda f: torch.save({"weight": _RunsCode(marker)}, f),
+            "model.pt": lambda f: torch.save({"weight": RunsCode(marker)}, f),
             "optimizer.pt": lambda f: f.write((good / "optimizer.pt").read_bytes()),
             "train_state.pt": lambda f: f.write((good / "train_state.pt").read_bytes()),
         },

@@ -20,6 +20,7 @@ from tests.trainer.trainer_process import (
     trainer_cmd,
     trainer_env,
     wait_for_status,
+    wait_until,
     write_config,
 )
 
@@ -61,13 +62,10 @@ def tmp_dirs(ckpt_dir: Path) -> list[str]:
 
 
 def progress(port: int, proc: subprocess.Popen, beyond: int, timeout: float = 60) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        step = wait_for_status(port, proc).get("step") or 0
-        if step > beyond:
-            return step
-        time.sleep(0.01)
-    raise AssertionError(f"no progress past step {beyond}")
+    status = wait_until(
+        port, proc, lambda s: (s.get("step") or 0) > beyond, timeout, poll=0.01, what=f"no progress past step {beyond}"
+    )
+    return status["step"]
 
 
 @pytest.mark.slow

@@ -82,6 +82,30 @@ def wait_for_status(port: int, proc: subprocess.Popen, timeout: float = 60, host
     raise AssertionError(f"no /status on port {port} within {timeout}s")
 
 
+def wait_until(
+    port: int, proc: subprocess.Popen, predicate, timeout: float = 60, poll: float = 0.05, what: str = ""
+) -> dict:
+    """Poll GET /status until `predicate(status)` holds; returns that status."""
+    deadline = time.monotonic() + timeout
+    status: dict = {}
+    while time.monotonic() < deadline:
+        status = wait_for_status(port, proc)
+        if predicate(status):
+            return status
+        time.sleep(poll)
+    raise AssertionError(f"{what or 'status never satisfied the condition'} within {timeout}s: {status}")
+
+
+class RunsCode:
+    """A pickle payload that would create a file if unpickled: what an attacker would plant."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
 def http_get(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=5) as r:
         return r.read()
