@@ -15,6 +15,8 @@ does for Jobs), so alerts can say which job; `job_name` matches the PodMonitor's
 
 from __future__ import annotations
 
+import collections
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .status import PHASES
@@ -48,9 +50,7 @@ class OperatorMetrics:
             self._phases.pop(key, None)
         else:
             self._phases[key] = phase
-        counts = {p: 0 for p in PHASES}
-        namespaces = {ns for ns, _ in self._phases} | {namespace}
-        for ns in namespaces:
-            for p in counts:
-                counts[p] = sum(1 for (n, _), ph in self._phases.items() if n == ns and ph == p)
-                self.jobs.labels(namespace=ns, phase=p).set(counts[p])
+        # Only this job's namespace can have changed: recount it alone (this runs every reconcile).
+        counts = collections.Counter(ph for (ns, _), ph in self._phases.items() if ns == namespace)
+        for p in PHASES:
+            self.jobs.labels(namespace=namespace, phase=p).set(counts[p])
