@@ -86,10 +86,6 @@ JOBS = ResourceType(
 )
 PEERINGS = ResourceType("kopf.dev", "v1", "kopfpeerings", "KopfPeering")
 CLUSTER_PEERINGS = ResourceType("kopf.dev", "v1", "clusterkopfpeerings", "ClusterKopfPeering", namespaced=False)
-OLD_PEERINGS = ResourceType("zalando.org", "v1", "kopfpeerings", "KopfPeering")
-OLD_CLUSTER_PEERINGS = ResourceType(
-    "zalando.org", "v1", "clusterkopfpeerings", "ClusterKopfPeering", namespaced=False
-)
 
 # Kopf's legacy `zalando.org` peerings are not served by default: the chart installs the
 # `kopf.dev` CRDs only, and Kopf pauses while a served peering resource lacks its object.
