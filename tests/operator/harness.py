@@ -10,6 +10,7 @@ from adamw_operator.controller import Controller
 from adamw_operator.handlers import register
 from adamw_operator.kube import KubeClient
 from adamw_operator.metrics import OperatorMetrics
+from adamw_operator.status import get_condition
 
 from tests.kube.kopf_runner import run_operator
 from tests.kube.store import JOBS, PODS
@@ -32,7 +33,7 @@ def phase_is(*phases: str):
 
 
 def condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
-    return next((c for c in (job.get("status") or {}).get("conditions", []) if c["type"] == type_), None)
+    return get_condition(job.get("status") or {}, type_)
 
 
 async def workers(api: Any, job: str, attempt: int | None = None) -> list[dict[str, Any]]:
