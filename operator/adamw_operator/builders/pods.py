@@ -1,4 +1,4 @@
-"""Worker pods. `worker_command` and `worker_env` are shared with the local runner.
+"""Worker pods (the local runner runs these same pods as processes, see `local.pod_process`).
 
 One pod per rank (`<job>-worker-<rank>`), `restartPolicy: Never` because the operator owns
 restarts (a gang restart, never a lone container restart); no service-account token,
@@ -129,20 +129,11 @@ def build_worker_pod(
     meta["annotations"] = {**spec.pod.annotations, ANNOTATION_CONFIG_HASH: spec.trainer.config_hash()}
     pod_spec_extra = spec.pod
     storage = spec.checkpoint_storage
-    ckpt_mount: dict[str, Any] = {
-        "name": storage.volume_name or CHECKPOINT_VOLUME,
-        "mountPath": checkpoint_mount_path(spec),
-    }
+    ckpt_path = checkpoint_mount_path(spec)
+    ckpt_mount: dict[str, Any] = {"name": storage.volume_name or CHECKPOINT_VOLUME, "mountPath": ckpt_path}
     if storage.sub_path:
         ckpt_mount["subPath"] = storage.sub_path
-    env = worker_env(
-        job,
-        spec,
-        rank,
-        restart_count,
-        master_addr(job, namespace),
-        checkpoint_mount_path(spec),
-    )
+    env = worker_env(job, spec, rank, restart_count, master_addr(job, namespace), ckpt_path)
     port = spec.trainer.metrics.port
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
