@@ -34,7 +34,7 @@ def _checkpoint(ref: Any) -> dict[str, Any] | None:
     loss = _number(ref.get("loss"))
     if loss is not None:
         out["loss"] = round(loss, 6)
-    when = _time(ref.get("time") if "time" in ref else ref.get("timestamp"))
+    when = _time(ref.get("time"))
     if when:
         out["time"] = when
     return out
