@@ -24,8 +24,10 @@ RUN_DIR = ROOT / "runs" / "quickstart"
 
 
 def finished(run_dir: Path) -> bool:
+    from adamw_operator.status import TERMINAL_PHASES
+
     try:
-        return json.loads((run_dir / "status.json").read_text()).get("phase") in ("Succeeded", "Failed")
+        return json.loads((run_dir / "status.json").read_text()).get("phase") in TERMINAL_PHASES
     except (OSError, ValueError):
         return False
 
