@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import urllib.request
 from pathlib import Path
 
@@ -13,14 +12,9 @@ from adamw_trainer.config import TrainerConfig
 
 from tests.kube.emulator import KubeAPI
 from tests.kube.node_agent import NodeAgent
+from tests.trainer.trainer_process import free_port
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def trainer_pod(rank: int, master_port: int) -> dict:

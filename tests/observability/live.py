@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -28,15 +27,10 @@ import yaml
 from adamw_operator.metrics import OperatorMetrics
 
 from tests.chart.helm import CHART, MONITORING_APIS, by_kind, render
+from tests.trainer.trainer_process import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMESPACE, JOB, POD = "ml", "gpt", "gpt-worker-0"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def dcgm_exposition(pod: str, namespace: str) -> bytes:
