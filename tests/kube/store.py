@@ -20,12 +20,13 @@ Every rule here stands for a real API-server behaviour the operator relies on:
 from __future__ import annotations
 
 import copy
-import datetime
 import random
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from adamw_operator.local.pod_status import now_iso
 
 Obj = dict[str, Any]
 
@@ -118,10 +119,6 @@ class WatchEvent:
     type: str  # ADDED, MODIFIED, DELETED
     object: Obj
     old: Obj | None  # the previous state, to turn selector transitions into ADDED/DELETED
-
-
-def now_iso() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
