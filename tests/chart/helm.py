@@ -1,9 +1,11 @@
-"""Runs the real helm binary on the chart and parses what it renders."""
+"""Runs the real helm binary on the chart and parses what it renders; checks manifests
+with the real kubernetes-validate."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +65,9 @@ def render(*args: str, **kw: Any) -> list[dict[str, Any]]:
 
 def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [d for d in docs if d["kind"] == kind]
+
+
+def kubernetes_validate(manifests: str, kube_version: str = "1.30.0") -> subprocess.CompletedProcess[str]:
+    """`kubernetes-validate --strict` on a YAML stream, against that Kubernetes version's schemas."""
+    return subprocess.run([sys.executable, "-m", "kubernetes_validate", "--strict", "-k", kube_version, "-"],
+                          input=manifests, capture_output=True, text=True, timeout=120)

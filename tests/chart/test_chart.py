@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 
 import jsonschema
 import pytest
@@ -19,6 +17,7 @@ from .helm import (
     MONITORING_APIS,
     by_kind,
     helm,
+    kubernetes_validate,
     render,
     template_text,
 )
@@ -54,10 +53,7 @@ def test_rendered_manifests_pass_kubernetes_validate(kube_version, features):
     args = ALL_ON if features == "all-on" else []
     apis = MONITORING_APIS if features == "all-on" else []
     text = template_text(*args, kube_version=kube_version, apis=apis)
-    proc = subprocess.run(
-        [sys.executable, "-m", "kubernetes_validate", "--strict", "-k", kube_version, "-"],
-        input=text, capture_output=True, text=True, timeout=120,
-    )
+    proc = kubernetes_validate(text, kube_version)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # Custom resources are only warned about by kubernetes-validate: they are checked below.
     kinds = {d["kind"] for d in yaml.safe_load_all(text) if d}

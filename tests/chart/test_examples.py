@@ -5,9 +5,8 @@ model; the other Kubernetes objects by kubernetes-validate."""
 from __future__ import annotations
 
 import copy
+import functools
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from adamw_operator.builders.pods import build_worker_pod
 from adamw_operator.builders.service import build_service
 from adamw_trainer.config import load_config
 
-from tests.chart.helm import MONITORING_APIS, by_kind, render
+from tests.chart.helm import MONITORING_APIS, by_kind, kubernetes_validate, render
 from tests.operator.crd_validation import CRD_PATH, load_crd, validate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,8 +88,7 @@ def core_objects(path: Path):
 @pytest.mark.parametrize("path", [p for p in EXAMPLES if core_objects(p)], ids=lambda p: p.name)
 def test_other_objects_pass_kubernetes_validate(path):
     core = core_objects(path)
-    proc = subprocess.run([sys.executable, "-m", "kubernetes_validate", "--strict", "-k", "1.30.0", "-"],
-                          input=yaml.safe_dump_all(core), capture_output=True, text=True, timeout=120)
+    proc = kubernetes_validate(yaml.safe_dump_all(core))
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -101,6 +99,7 @@ def test_volcano_gang_matches_the_job():
     assert job["spec"]["pod"]["annotations"]["scheduling.k8s.io/group-name"] == pg["metadata"]["name"]
 
 
+@functools.cache  # one helm render for all the examples; tests only read it
 def _pod_monitor():
     (pm,) = by_kind(render(apis=MONITORING_APIS), "PodMonitor")
     return pm
@@ -114,8 +113,7 @@ def test_operator_children_are_valid_and_scraped_by_the_pod_monitor(name, job):
     meta = job["metadata"]["name"], "ml", "0b7c-uid"
     pods = [build_worker_pod(*meta, spec, rank=r, attempt=0, restart_count=0) for r in range(spec.replicas)]
     children = [*pods, build_configmap(*meta, spec), build_service(*meta, spec)]
-    proc = subprocess.run([sys.executable, "-m", "kubernetes_validate", "--strict", "-k", "1.30.0", "-"],
-                          input=yaml.safe_dump_all(children), capture_output=True, text=True, timeout=120)
+    proc = kubernetes_validate(yaml.safe_dump_all(children))
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
     endpoint = _pod_monitor()["spec"]["podMetricsEndpoints"][0]
