@@ -120,7 +120,30 @@ REFUSED = [
     ({"trainer": {"optimizer": {"lr": 0}}}, "lr"),
     ({"gpusPerReplica": 0, "trainer": {"device": "cuda"}}, "trainer.device must match gpusPerReplica"),
     ({"checkpointStorage": {"claimName": "a", "volumeName": "b"}}, "not both"),
+    ({"trainer": {"data": {"source": "jsonl", "tokenizer": {"path": "/t"}}}}, "data.path is required"),
+    ({"trainer": {"data": {"source": "jsonl", "path": "/d"}}}, "data.tokenizer.path is required"),
+    ({"trainer": {"data": {"source": "jsonl", "path": "/d", "tokenizer": {"path": "/t"},
+                           "promptField": "q"}}}, "promptField and data.completionField go together"),
+    ({"trainer": {"data": {"source": "jsonl", "path": "/d", "tokenizer": {"path": "/t"},
+                           "completionField": "a"}}}, "promptField and data.completionField go together"),
+    ({"trainer": {"optimizer": {"groups": [{"name": "a", "match": "x"}, {"name": "a", "match": "y"}]}}},
+     "names must be unique"),
+    ({"trainer": {"optimizer": {"groups": [{"name": "lora", "match": "x"}]}}}, "names must be unique"),
+    ({"trainer": {"data": {"source": "hfDisk"}}}, "data.path is required"),
 ]
+
+
+
+def test_instruction_data_and_group_rules_are_accepted():
+    manifest = job_manifest(trainer={
+        "data": {"source": "parquet", "path": "/data/sft", "tokenizer": {"path": "/models/tok"},
+                 "promptField": "question", "completionField": "answer"},
+        "optimizer": {"groups": [{"name": "embeddings", "match": "wte", "weightDecay": 0.0, "lrScale": 0.5}],
+                      "noDecay": ["bias", "norm"], "layerwiseLrDecay": 0.9,
+                      "loraGroup": {"weightDecay": 0.01}},
+    })
+    assert validate(load_crd(), manifest) == []
+    parse_job(manifest)
 
 
 @pytest.mark.parametrize(("patch", "expected"), REFUSED)

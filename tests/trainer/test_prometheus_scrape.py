@@ -35,6 +35,8 @@ CONTRACT = [
     "adamw_validation_loss",
     "adamw_memory_peak_bytes",
     "adamw_trainer_info",
+    "adamw_param_group_learning_rate",
+    "adamw_param_group_parameters",
 ]
 
 pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None, reason="needs prometheus (make tools)")
@@ -106,6 +108,9 @@ def test_real_prometheus_scrapes_every_contract_metric(tmp_path):
         time.sleep(2)
         rate = prom_query(prom_port, "rate(adamw_nonfinite_steps_total[30s]) / rate(adamw_steps_total[30s])")
         assert rate and float(rate[0]["value"][1]) == 0.0
+        # One series per AdamW group (the default rule's two here), labelled by group.
+        groups = {s["metric"]["group"]: float(s["value"][1]) for s in prom_query(prom_port, "adamw_param_group_parameters")}
+        assert set(groups) == {"decay", "no_decay"} and all(n > 0 for n in groups.values()), groups
         info = prom_query(prom_port, "adamw_trainer_info")[0]["metric"]
         assert info["world_size"] == "1" and info["precision"] == "fp32" and info["config_hash"]
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -64,24 +65,76 @@ class ModelConfig(CamelModel):
         return self
 
 
+TOKENIZED_SOURCES = ("jsonl", "parquet", "hfDisk")
+"""Data sources read as documents and tokenized with a Hugging Face tokenizer (the token cache)."""
+
+
+class TokenizerConfig(CamelModel):
+    """The Hugging Face tokenizer for `jsonl`, `parquet` and `hfDisk` data, loaded offline."""
+
+    path: str | None = Field(
+        None,
+        description="A Hugging Face tokenizer directory (what `save_pretrained` writes, e.g. "
+        "tokenizer.json and tokenizer_config.json), read offline with no hub access. Needed by "
+        "the `jsonl`, `parquet` and `hfDisk` sources.",
+    )
+
+
 class DataConfig(CamelModel):
     """Where training batches come from. Batches are a pure function of (seed, step, rank)."""
 
-    source: Literal["stdlib", "text", "tokens", "synthetic"] = Field(
+    source: Literal["stdlib", "text", "tokens", "synthetic", "jsonl", "parquet", "hfDisk"] = Field(
         "stdlib",
         description="`stdlib`: the Python standard library's own .py files as bytes (offline "
         "quickstart corpus); `text`: a text file or directory of text files, tokenized as bytes; "
         "`tokens`: nanoGPT-format uint16 .bin files; `synthetic`: generated arithmetic sequences "
-        "(learnable, no files) for smoke tests.",
+        "(learnable, no files) for smoke tests; `jsonl`, `parquet`: a file or a directory of "
+        "*.jsonl / *.parquet files, one document per record; `hfDisk`: a directory written by "
+        "`datasets.Dataset.save_to_disk` (its `train` split if it holds several). The last three "
+        "are tokenized with `tokenizer`, joined with EOS and packed into `model.contextLength` "
+        "blocks, once, into the token cache (see `cacheDir`).",
     )
     path: str | None = Field(
-        None, description="File or directory for the `text` and `tokens` sources."
+        None,
+        description="File or directory for the `text`, `tokens`, `jsonl`, `parquet` and `hfDisk` "
+        "sources.",
+    )
+    text_field: str = Field(
+        "text",
+        min_length=1,
+        description="Record field holding a document's text (`jsonl`, `parquet`, `hfDisk`).",
+    )
+    prompt_field: str | None = Field(
+        None,
+        min_length=1,
+        description="Instruction data: the record field holding the prompt. With "
+        "`completionField`, each document is prompt + completion and the loss covers only the "
+        "completion tokens (and the EOS after them); `textField` is then not read.",
+    )
+    completion_field: str | None = Field(
+        None,
+        min_length=1,
+        description="Instruction data: the record field holding the completion (the tokens the "
+        "loss is computed on). Set together with `promptField`.",
+    )
+    tokenizer: TokenizerConfig = Field(
+        default_factory=TokenizerConfig,
+        description="The Hugging Face tokenizer for the `jsonl`, `parquet` and `hfDisk` sources.",
+    )
+    cache_dir: str | None = Field(
+        None,
+        description="Directory of the token cache (memory-mapped token files, one folder per "
+        "hash of the data files' paths, sizes and modification times, the tokenizer and the "
+        "packing settings; built once by one process per node while the others wait). Unset: "
+        "`token-cache` under `checkpoint.dir`, so a restarted job finds it again.",
     )
     validation_fraction: float = Field(
         0.05,
         ge=0.0,
         le=0.5,
-        description="Fraction of the corpus (its tail) held out for validation loss.",
+        description="Fraction held out for validation loss: the corpus's tail for `stdlib`, "
+        "`text` and `tokens`; whole documents (picked by a hash of their index) for `jsonl`, "
+        "`parquet` and `hfDisk`.",
     )
     eval_interval_steps: int = Field(
         100, ge=0, description="Evaluate validation loss every N steps (0 disables evaluation)."
@@ -97,13 +150,86 @@ class DataConfig(CamelModel):
 
     @model_validator(mode="after")
     def _path_needed(self) -> DataConfig:
-        if self.source in ("text", "tokens") and not self.path:
+        if self.source in ("text", "tokens", *TOKENIZED_SOURCES) and not self.path:
             raise ValueError(f"data.path is required when data.source is '{self.source}'")
+        if (self.prompt_field is None) != (self.completion_field is None):
+            raise ValueError(
+                "data.promptField and data.completionField go together: set both for instruction "
+                "data (loss on the completion only), or neither and use data.textField"
+            )
+        if self.source in TOKENIZED_SOURCES and not self.tokenizer.path:
+            raise ValueError(
+                f"data.tokenizer.path is required when data.source is '{self.source}': point it at "
+                "a Hugging Face tokenizer directory"
+            )
         return self
 
 
+RESERVED_GROUP_NAMES = ("decay", "no_decay", "lora")
+"""Names of the built-in parameter groups (the default rule's two groups and the LoRA preset)."""
+
+
+class ParamGroupRule(CamelModel):
+    """One AdamW parameter-group rule: parameters whose name matches get its decay and lr scale."""
+
+    name: str = Field(
+        ...,
+        pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,39}$",
+        description="Group name, shown in the start log and as the `group` label of the "
+        "`adamw_param_group_*` metrics (a letter, then letters, digits, `_` or `-`; at most 40).",
+    )
+    match: str = Field(
+        ...,
+        min_length=1,
+        max_length=1000,
+        description="Python regular expression searched (`re.search`) in each parameter's "
+        "name as `model.named_parameters()` spells it, e.g. `\\.bias$` or "
+        "`(^|\\.)(wte|embed_tokens)\\.`. The first rule that matches a parameter wins.",
+    )
+    weight_decay: float | None = Field(
+        None,
+        ge=0.0,
+        le=10.0,
+        description="Decoupled weight decay of this group (unset: `optimizer.weightDecay`).",
+    )
+    lr_scale: float = Field(
+        1.0,
+        gt=0.0,
+        le=100.0,
+        description="Multiplier on the scheduled learning rate for this group (with "
+        "`layerwiseLrDecay`, multiplied by the layer's factor too).",
+    )
+
+    @field_validator("match")
+    @classmethod
+    def _compiles(cls, pattern: str) -> str:
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise ValueError(
+                f"not a valid regular expression ({err}); escape literal dots as `\\.`"
+            ) from None
+        return pattern
+
+
+class LoraGroupConfig(CamelModel):
+    """The AdamW group of LoRA adapter parameters (names containing `lora_`)."""
+
+    weight_decay: float = Field(
+        0.0, ge=0.0, le=10.0, description="Decoupled weight decay of the LoRA adapter parameters."
+    )
+    lr_scale: float = Field(
+        1.0, gt=0.0, le=100.0, description="Learning-rate multiplier of the LoRA adapter parameters."
+    )
+
+
 class OptimizerConfig(CamelModel):
-    """AdamW with decoupled weight decay (Loshchilov & Hutter) on PyTorch's fused kernel."""
+    """AdamW with decoupled weight decay (Loshchilov & Hutter) on PyTorch's fused kernel.
+
+    Each trainable parameter joins the first group that claims it: `groups` in order, then
+    the LoRA adapters (`loraGroup`), then `noDecay`, then the default rule (`decay`).
+    Frozen parameters (`requires_grad=False`) never enter the optimizer.
+    """
 
     lr: float = Field(1e-3, gt=0.0, le=10.0, description="Peak learning rate.")
     betas: tuple[float, float] = Field(
@@ -119,6 +245,46 @@ class OptimizerConfig(CamelModel):
     grad_clip_norm: float = Field(
         1.0, ge=0.0, description="Clip the global gradient L2 norm to this value (0 disables)."
     )
+    groups: list[ParamGroupRule] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Ordered parameter-group rules `{name, match, weightDecay, lrScale}`; the "
+        "first rule whose `match` finds a parameter's name wins; parameters no rule matches "
+        "fall to `loraGroup`, `noDecay` and then the default rule (`decay`).",
+    )
+    no_decay: list[Literal["bias", "norm", "embedding"]] = Field(
+        default_factory=list,
+        description="Presets exempt from weight decay (group `no_decay`): `bias` (names ending "
+        "in `bias`), `norm` (parameters of LayerNorm/RMSNorm-like modules), `embedding` "
+        "(nn.Embedding weights, and a tied output head with them).",
+    )
+    lora_group: LoraGroupConfig = Field(
+        default_factory=LoraGroupConfig,
+        description="LoRA adapter parameters (names containing `lora_`) form their own group "
+        "`lora` with this weight decay and learning-rate scale.",
+    )
+    layerwise_lr_decay: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="Layer-wise learning-rate decay for models with numbered layers "
+        "(`layers.N.`, `h.N.`, `blocks.N.`): with L numbered layers, layer N's lr is scaled by "
+        "factor^(L - N), embeddings by factor^(L + 1), and everything after the last layer "
+        "(final norm, output head) by 1. 1.0 disables it.",
+    )
+
+    @field_validator("groups")
+    @classmethod
+    def _unique_group_names(cls, groups: list[ParamGroupRule]) -> list[ParamGroupRule]:
+        seen: set[str] = set()
+        for i, g in enumerate(groups):
+            if g.name in seen or g.name in RESERVED_GROUP_NAMES:
+                raise ValueError(
+                    f"groups[{i}].name '{g.name}' is already taken (names must be unique and not "
+                    f"one of {', '.join(RESERVED_GROUP_NAMES)}); rename it"
+                )
+            seen.add(g.name)
+        return groups
 
     @field_validator("betas")
     @classmethod

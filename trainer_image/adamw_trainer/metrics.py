@@ -79,6 +79,29 @@ class TrainerMetrics:
         self.train_loss.set(float("nan"))
         self.validation_loss.set(float("nan"))
         self.info = Info("adamw_trainer", "Trainer build and run description.", labels, registry=r)
+        # One series per AdamW parameter group: as many as the config's rules (and depths
+        # under layer-wise lr decay) resolve to, fixed at start, so the label stays bounded.
+        self._group_lr = Gauge(
+            "adamw_param_group_learning_rate",
+            "Learning rate of the last step in one AdamW parameter group (scheduled lr x lrScale).",
+            ["rank", "group"], registry=r,
+        )
+        self._group_params = Gauge(
+            "adamw_param_group_parameters",
+            "Trainable parameters (elements) in one AdamW parameter group.",
+            ["rank", "group"], registry=r,
+        )
+
+    def set_param_groups(self, groups: list[dict]) -> None:
+        """Export each torch param group's size; its learning rate reads 0 until the first step."""
+        for g in groups:
+            self._group_params.labels(rank=self.rank, group=g["name"]).set(sum(p.numel() for p in g["params"]))
+            self._group_lr.labels(rank=self.rank, group=g["name"]).set(0.0)
+
+    def set_group_learning_rates(self, groups: list[dict]) -> None:
+        """The learning rate each group stepped with (host values; no device read)."""
+        for g in groups:
+            self._group_lr.labels(rank=self.rank, group=g["name"]).set(g["lr"])
 
     def set_info(self, **fields: Any) -> None:
         self.info.labels(rank=self.rank).info({k: str(v) for k, v in fields.items()})

@@ -36,8 +36,19 @@ RULES: dict[str, list[dict[str, str]]] = {
     ],
     "spec.trainer.data": [
         {
-            "rule": "!(self.source == 'text' || self.source == 'tokens') || has(self.path)",
-            "message": "data.path is required when data.source is 'text' or 'tokens'",
+            "rule": "!(self.source in ['text', 'tokens', 'jsonl', 'parquet', 'hfDisk']) || has(self.path)",
+            "message": "data.path is required when data.source is 'text', 'tokens', 'jsonl', "
+            "'parquet' or 'hfDisk'",
+        },
+        {
+            "rule": "has(self.promptField) == has(self.completionField)",
+            "message": "data.promptField and data.completionField go together: set both for "
+            "instruction data, or neither",
+        },
+        {
+            "rule": "!(self.source in ['jsonl', 'parquet', 'hfDisk']) || "
+            "(has(self.tokenizer) && has(self.tokenizer.path))",
+            "message": "data.tokenizer.path is required when data.source is 'jsonl', 'parquet' or 'hfDisk'",
         },
     ],
     "spec.trainer": [
@@ -51,6 +62,11 @@ RULES: dict[str, list[dict[str, str]]] = {
         {
             "rule": "self.betas.all(b, b >= 0.0 && b < 1.0)",
             "message": "betas must each be in [0, 1)",
+        },
+        {
+            "rule": "!has(self.groups) || self.groups.all(g, !(g.name in ['decay', 'no_decay', 'lora']) "
+            "&& self.groups.filter(h, h.name == g.name).size() == 1)",
+            "message": "optimizer.groups names must be unique and not decay, no_decay or lora",
         },
     ],
 }

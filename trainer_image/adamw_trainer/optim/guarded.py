@@ -20,28 +20,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import OptimizerConfig
+from ..config import OptimizerConfig
 
 # clip_grad_norm_ divides by (norm + 1e-6); use the same so the two agree.
 _CLIP_EPS = 1e-6
-
-
-def param_groups(model: nn.Module, cfg: OptimizerConfig) -> list[dict]:
-    """AdamW groups: decay on 2+-dim tensors only (`matrices`), on `all`, or on `none`."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.decay == "all":
-        decay, no_decay = params, []
-    elif cfg.decay == "none":
-        decay, no_decay = [], params
-    else:
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-    groups = []
-    if decay:
-        groups.append({"params": decay, "weight_decay": cfg.weight_decay})
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
 
 
 class GuardedAdamW:
@@ -60,7 +42,15 @@ class GuardedAdamW:
             groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=True
         )
         self.params: list[nn.Parameter] = [p for g in self.optimizer.param_groups for p in g["params"]]
+        if not self.params:
+            raise ValueError("the model has no trainable parameters (all have requires_grad=False)")
+        # The config owns each group's hyperparameters; a checkpoint owns only the moments
+        # (load_state_dict would otherwise bring back the decay and lr scale it was saved with).
+        self._group_settings = [
+            {k: g[k] for k in ("weight_decay", "lr_scale", "name") if k in g} for g in self.optimizer.param_groups
+        ]
         device = self.params[0].device
+        self.set_lr(cfg.lr)  # groups start at their scaled rate; the trainer sets it every step
         self.clip_norm = cfg.grad_clip_norm
         self.loss_scaling = loss_scaling
         self.growth_interval = growth_interval
@@ -76,8 +66,9 @@ class GuardedAdamW:
         return loss * self.loss_scale if self.loss_scaling else loss
 
     def set_lr(self, lr: float) -> None:
+        """Set the scheduled learning rate; each group runs at `lr * lr_scale` (its own rule's)."""
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
 
     @torch.no_grad()
     def step(self) -> None:
@@ -124,6 +115,8 @@ class GuardedAdamW:
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+        for group, settings in zip(self.optimizer.param_groups, self._group_settings, strict=True):
+            group.update(settings)
         for name in ("loss_scale", "growth_tracker", "nonfinite_total", "consecutive_nonfinite"):
             if name in state:
                 getattr(self, name).copy_(state[name])
