@@ -80,7 +80,10 @@ def test_schema_defaults_equal_the_model_defaults():
     assert defaulted["replicas"] == model.replicas
     assert defaulted["progressDeadlineSeconds"] == model.progress_deadline_seconds
     assert defaulted["restartPolicy"] == model.restart_policy.model_dump(by_alias=True, mode="json")
-    assert defaulted["trainer"]["model"] == model.trainer.model.model_dump(by_alias=True, mode="json")
+    # Optional sections (model.huggingface, model.python) are absent on the server, None here.
+    assert defaulted["trainer"]["model"] == model.trainer.model.model_dump(
+        by_alias=True, mode="json", exclude_none=True
+    )
 
 
 def test_valid_job_is_accepted():
@@ -130,8 +133,36 @@ REFUSED = [
      "names must be unique"),
     ({"trainer": {"optimizer": {"groups": [{"name": "lora", "match": "x"}]}}}, "names must be unique"),
     ({"trainer": {"data": {"source": "hfDisk"}}}, "data.path is required"),
+    ({"trainer": {"model": {"source": "huggingface"}}}, "model.huggingface is required"),
+    ({"trainer": {"model": {"source": "python"}}}, "model.python is required"),
+    ({"trainer": {"model": {"source": "huggingface", "huggingface": {}}}}, "needs path"),
+    ({"trainer": {"model": {"source": "huggingface", "huggingface": {
+        "path": "/m", "config": {"model_type": "llama"}}}}}, "either path or config"),
+    ({"trainer": {"finetune": {"lora": {"rank": 8}}}}, "finetune.lora needs model.source"),
+    ({"trainer": {"model": {"source": "gpt"}, "finetune": {"lora": {}}}}, "finetune.lora needs model.source"),
 ]
 
+
+def test_model_sources_and_lora_are_accepted():
+    manifest = job_manifest(trainer={
+        "model": {"source": "huggingface", "contextLength": 512,
+                  "huggingface": {"path": "/models/llama", "dtype": "bfloat16"}},
+        "finetune": {"lora": {"rank": 16, "alpha": 32, "targetModules": ["q_proj", "v_proj"]}},
+    })
+    assert validate(load_crd(), manifest) == []
+    parse_job(manifest)
+    manifest = job_manifest(trainer={
+        "model": {"source": "huggingface", "huggingface": {"config": {"model_type": "llama", "hidden_size": 64}}},
+        "finetune": {"initFrom": "/checkpoints/base/step-1000"},
+    })
+    assert validate(load_crd(), manifest) == []
+    parse_job(manifest)
+    manifest = job_manifest(trainer={
+        "model": {"source": "python", "python": {"entrypoint": "my_models.tiny:build", "options": {"k": [1]}}},
+        "finetune": {"lora": {"targetModules": ["proj"]}},
+    })
+    assert validate(load_crd(), manifest) == []
+    parse_job(manifest)
 
 
 def test_instruction_data_and_group_rules_are_accepted():

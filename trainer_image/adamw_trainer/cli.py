@@ -3,6 +3,7 @@
     adamw-train --config examples/quickstart-trainer.yaml
     python -m adamw_trainer --config job.yaml
     torchrun --nproc_per_node 2 -m adamw_trainer --config job.yaml
+    adamw-train export --checkpoint DIR --out DIR [--merge]    # a Hugging Face directory
 
 Environment overrides (for several "pods" sharing one host, and the operator):
 ADAMW_METRICS_HOST → metrics.host, ADAMW_METRICS_PORT → metrics.port,
@@ -83,6 +84,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["export"]:
+        from .export import main as export_main
+
+        return export_main(argv[1:])
     args = _parse_args(argv)
     termination_path = "/dev/termination-log"
     try:
@@ -99,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     # torch is imported only after the config is known to be valid: a bad file fails fast.
     from .data import DataError
     from .distributed import DistEnv, destroy_process_group
+    from .models import ModelError
     from .train import Trainer
 
     env = DistEnv.from_env()
@@ -120,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as err:
         # A data problem is a configuration problem: restarting cannot fix it.
         print(f"adamw-train: invalid data: {err}", file=sys.stderr)
+        return _invalid_config(str(err), termination_path)
+    except ModelError as err:
+        # So is a model that cannot be built (missing path, entry point that does not import).
+        print(f"adamw-train: invalid model: {err}", file=sys.stderr)
         return _invalid_config(str(err), termination_path)
     except Exception as err:
         # A crash is retryable; say what happened where `kubectl describe pod` shows it.

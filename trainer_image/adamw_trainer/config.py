@@ -36,24 +36,126 @@ class CamelModel(BaseModel):
     )
 
 
-class ModelConfig(CamelModel):
-    """GPT-style decoder: pre-norm blocks, causal attention, tied input/output embeddings."""
+class HuggingFaceModelConfig(CamelModel):
+    """A `transformers` causal LM (`AutoModelForCausalLM`), read offline: never from the hub."""
 
-    layers: int = Field(4, ge=1, le=256, description="Number of transformer blocks.")
-    heads: int = Field(4, ge=1, le=256, description="Attention heads per block; must divide `width`.")
-    width: int = Field(256, ge=8, le=65536, description="Embedding width (d_model).")
+    path: str | None = Field(
+        None,
+        description="Local directory holding the model's `config.json` and `*.safetensors` weights "
+        "(on a cluster, a mounted volume). Read with `local_files_only`; pickled `.bin` weights are "
+        "refused.",
+    )
+    config: dict[str, Any] | None = Field(
+        None,
+        description="Instead of `path`: config fields of a known architecture, `model_type` included "
+        "(e.g. {model_type: llama, hidden_size: 512, ...}), for a randomly initialised model (seeded "
+        "by `training.seed`).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32",
+        description="Dtype the weights are held in. Keep `float32` to train with `training.precision` "
+        "autocast; `bfloat16` halves the memory of frozen LoRA base weights.",
+    )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa",
+        description="Attention kernel: `sdpa` (torch scaled_dot_product_attention), `eager`, or "
+        "`flash_attention_2` (needs the flash-attn package in the image).",
+    )
+    trust_remote_code: bool = Field(
+        False,
+        description="Run Python code shipped inside the model directory (custom architectures). Only "
+        "for directories you trust.",
+    )
+
+    @model_validator(mode="after")
+    def _path_or_config(self) -> HuggingFaceModelConfig:
+        if not self.path and not self.config:
+            raise ValueError(
+                "model.huggingface needs `path` (a local model directory) or `config` (fields of a "
+                "known architecture, with model_type); set one"
+            )
+        if self.path and self.config:
+            raise ValueError("model.huggingface: set either `path` or `config`, not both")
+        if self.config is not None and not isinstance(self.config.get("model_type"), str):
+            raise ValueError(
+                "model.huggingface.config needs `model_type` (e.g. llama, gpt2) to pick the architecture"
+            )
+        return self
+
+
+_ENTRYPOINT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class PythonModelConfig(CamelModel):
+    """A model from the user's own Python code (see docs/models.md for the protocol)."""
+
+    entrypoint: str = Field(
+        ...,
+        json_schema_extra={"pattern": _ENTRYPOINT.pattern},
+        description="`package.module:function`, importable in the trainer image. The function gets "
+        "the whole `model` section as a dict (camelCase keys) and returns a torch `nn.Module` whose "
+        "`forward(input_ids, labels)` returns the mean loss (labels equal to -100 ignored).",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Free-form settings passed to the entry point as `model['python']['options']`.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+
+    @field_validator("entrypoint")
+    @classmethod
+    def _entrypoint_form(cls, value: str) -> str:
+        if not _ENTRYPOINT.match(value):
+            raise ValueError(
+                "must be `package.module:function` (a dotted module path, a colon, a function "
+                "name), e.g. my_models.tiny:build"
+            )
+        return value
+
+
+class ModelConfig(CamelModel):
+    """The model to train: the built-in GPT (default), a Hugging Face model, or your own code.
+
+    `layers`, `heads`, `width`, `vocabSize`, `dropout` and `bias` shape the built-in GPT only;
+    `contextLength` is the training sequence length for every source.
+    """
+
+    source: Literal["gpt", "huggingface", "python"] = Field(
+        "gpt",
+        description="`gpt`: the built-in GPT-style decoder shaped by the fields below; "
+        "`huggingface`: a transformers causal LM (`model.huggingface`); `python`: a module built by "
+        "your own entry point (`model.python`).",
+    )
+    huggingface: HuggingFaceModelConfig | None = Field(
+        None, description="The Hugging Face model, for `source: huggingface`."
+    )
+    python: PythonModelConfig | None = Field(
+        None, description="The Python entry point, for `source: python`."
+    )
+    layers: int = Field(4, ge=1, le=256, description="Number of transformer blocks (built-in GPT).")
+    heads: int = Field(
+        4, ge=1, le=256, description="Attention heads per block; must divide `width` (built-in GPT)."
+    )
+    width: int = Field(256, ge=8, le=65536, description="Embedding width, d_model (built-in GPT).")
     context_length: int = Field(
-        128, ge=2, le=131072, description="Tokens per training sequence (the attention window)."
+        128,
+        ge=2,
+        le=131072,
+        description="Tokens per training sequence, for every source (for Hugging Face models at most "
+        "the model's maximum positions).",
     )
     vocab_size: int = Field(
         256,
         ge=2,
         le=1_048_576,
-        description="Vocabulary size. Byte-level text sources need 256; `tokens` sources must "
-        "cover every token id in the files.",
+        description="Vocabulary size of the built-in GPT (Hugging Face models bring their own). "
+        "Byte-level text sources need 256; `tokens` sources must cover every token id in the files.",
     )
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability (0 disables it).")
-    bias: bool = Field(False, description="Use bias terms in linear and LayerNorm layers.")
+    dropout: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Dropout probability (0 disables it; built-in GPT)."
+    )
+    bias: bool = Field(False, description="Use bias terms in linear and LayerNorm layers (built-in GPT).")
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelConfig:
@@ -63,6 +165,53 @@ class ModelConfig(CamelModel):
                 f"pick width as a multiple of heads, e.g. {self.heads * -(-self.width // self.heads)}"
             )
         return self
+
+    @model_validator(mode="after")
+    def _source_section(self) -> ModelConfig:
+        if self.source == "huggingface" and self.huggingface is None:
+            raise ValueError(
+                "model.huggingface is required when model.source is 'huggingface'; give it a `path` "
+                "or a `config`"
+            )
+        if self.source == "python" and self.python is None:
+            raise ValueError(
+                "model.python is required when model.source is 'python'; give it an `entrypoint` "
+                "(package.module:function)"
+            )
+        return self
+
+
+class LoraConfig(CamelModel):
+    """Low-rank adapters (LoRA, through `peft`): the base weights stay frozen."""
+
+    rank: int = Field(8, ge=1, le=4096, description="Rank r of each adapter's A (r x in) and B (out x r).")
+    alpha: float = Field(
+        16.0, gt=0.0, le=1_000_000.0, description="Scaling numerator: updates are scaled by alpha / rank."
+    )
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapters' input.")
+    target_modules: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Names (or name suffixes) of the linear layers that get adapters, e.g. [q_proj, "
+        "v_proj]. Omitted: peft's default for the Hugging Face architecture; required for `python` "
+        "models.",
+    )
+
+
+class FinetuneConfig(CamelModel):
+    """Start from existing weights, and optionally train only LoRA adapters."""
+
+    init_from: str | None = Field(
+        None,
+        description="Starting weights: a Hugging Face model directory (safetensors) or one of this "
+        "trainer's checkpoints (a `step-N` folder, or a checkpoint directory: its newest valid "
+        "step). Loaded once at a fresh start; a resumed run continues from its own checkpoints.",
+    )
+    lora: LoraConfig | None = Field(
+        None,
+        description="Train LoRA adapters only; checkpoints then hold just the adapters and their AdamW "
+        "state. Needs `model.source` huggingface or python.",
+    )
 
 
 TOKENIZED_SOURCES = ("jsonl", "parquet", "hfDisk")
@@ -379,6 +528,9 @@ class TrainerConfig(CamelModel):
     """Everything the trainer needs, grouped by concern. Every field has a default."""
 
     model: ModelConfig = Field(default_factory=ModelConfig, description="Model architecture.")
+    finetune: FinetuneConfig = Field(
+        default_factory=FinetuneConfig, description="Starting weights and LoRA fine-tuning."
+    )
     data: DataConfig = Field(default_factory=DataConfig, description="Training data.")
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig, description="AdamW.")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="LR schedule.")
@@ -401,6 +553,11 @@ class TrainerConfig(CamelModel):
 
     @model_validator(mode="after")
     def _cross_field(self) -> TrainerConfig:
+        if self.finetune.lora is not None and self.model.source == "gpt":
+            raise ValueError(
+                "finetune.lora needs model.source 'huggingface' or 'python' (the built-in GPT is "
+                "trained in full); set model.source or remove finetune.lora"
+            )
         if self.data.source in ("stdlib", "text") and self.model.vocab_size < 256:
             raise ValueError(
                 f"model.vocabSize is {self.model.vocab_size} but data.source "

@@ -44,8 +44,9 @@ from .data import BatchSource
 from .distributed import DistEnv, all_reduce_mean, init_process_group, resolve_device
 from .divergence import Action, DivergencePolicy, NanGradFault
 from .exit_codes import ExitCode
+from .finetune import prepare as prepare_finetune
 from .metrics import MetricsServer, Status, TrainerMetrics
-from .model import GPT, count_parameters, flops_per_token
+from .models import build_model, count_parameters
 from .optim import GuardedAdamW, describe_groups, param_groups
 from .preemption import PREEMPTION_SAVE_FAILED_EXIT_CODE, PreemptionWatcher
 from .progress import RunLog
@@ -112,7 +113,11 @@ class Trainer:
         torch.manual_seed(t.seed)
         random.seed(t.seed)
         np.random.seed(t.seed)
-        self.raw_model = GPT(cfg.model).to(self.device)
+        # models/: the configured source (gpt, huggingface, python); then initFrom weights and
+        # LoRA adapters (finetune.py). `loss = raw_model(x, y)` whatever the source.
+        self.built = build_model(cfg)
+        prepare_finetune(self.built, cfg)
+        self.raw_model = self.built.module.to(self.device)
         self.model: torch.nn.Module = self.raw_model
         if self.env.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -124,7 +129,7 @@ class Trainer:
         )
         self.data = BatchSource(
             cfg.data,
-            vocab_size=cfg.model.vocab_size,
+            vocab_size=self.built.vocab_size,
             context_length=cfg.model.context_length,
             batch_size=t.batch_size,
             seed=t.seed,
@@ -138,7 +143,8 @@ class Trainer:
 
         self.n_params = count_parameters(self.raw_model)
         self.tokens_per_step = t.batch_size * cfg.model.context_length * t.grad_accumulation_steps
-        self.flops_per_token = flops_per_token(cfg.model, self.n_params)
+        self.n_trainable = count_parameters(self.raw_model, trainable_only=True)
+        self.flops_per_token = self.built.flops_per_token
         self.peak_flops = peak_flops(self.device, self.precision)
         self.metrics = TrainerMetrics(self.env.rank)
         self.status = Status(
@@ -238,6 +244,8 @@ class Trainer:
             "start",
             configHash=self.config_hash,
             parameters=self.n_params,
+            trainableParameters=self.n_trainable,
+            modelSource=self.built.source,
             device=str(self.device),
             precision=self.precision,
             worldSize=self.env.world_size,
@@ -449,7 +457,9 @@ class Trainer:
         }
 
     def _capture(self) -> Payload:
-        return capture(self.raw_model, self.optimizer, self.train_state(), self._snapshot)
+        return capture(
+            self.raw_model, self.optimizer, self.train_state(), self._snapshot, config=self.cfg.to_dict()
+        )
 
     def _checkpoint_meta(self) -> CheckpointMeta:
         """Metadata for a checkpoint of the current state; one host sync (saves are rare)."""

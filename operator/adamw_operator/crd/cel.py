@@ -33,6 +33,25 @@ RULES: dict[str, list[dict[str, str]]] = {
             "rule": "self.width % self.heads == 0",
             "message": "width must be divisible by heads",
         },
+        {
+            "rule": "self.source != 'huggingface' || has(self.huggingface)",
+            "message": "model.huggingface is required when model.source is 'huggingface'",
+        },
+        {
+            "rule": "self.source != 'python' || has(self.python)",
+            "message": "model.python is required when model.source is 'python'",
+        },
+    ],
+    "spec.trainer.model.huggingface": [
+        {
+            "rule": "has(self.path) || has(self.config)",
+            "message": "model.huggingface needs path (a local model directory) or config (fields of a "
+            "known architecture, with model_type)",
+        },
+        {
+            "rule": "!(has(self.path) && has(self.config))",
+            "message": "model.huggingface: set either path or config, not both",
+        },
     ],
     "spec.trainer.data": [
         {
@@ -56,6 +75,12 @@ RULES: dict[str, list[dict[str, str]]] = {
             "rule": "!has(self.data) || !has(self.model) || "
             "!(self.data.source == 'stdlib' || self.data.source == 'text') || self.model.vocabSize >= 256",
             "message": "byte-level data sources (stdlib, text) need model.vocabSize >= 256",
+        },
+        {
+            "rule": "!has(self.finetune) || !has(self.finetune.lora) || "
+            "(has(self.model) && self.model.source != 'gpt')",
+            "message": "finetune.lora needs model.source 'huggingface' or 'python' (the built-in GPT "
+            "is trained in full)",
         },
     ],
     "spec.trainer.optimizer": [

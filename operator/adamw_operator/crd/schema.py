@@ -42,9 +42,11 @@ def _convert(
 ) -> dict[str, Any]:
     """`named`: the node is a property, so `kubectl explain` needs its description."""
     node = _deref(node, defs)
+    optional = False  # `X | None`: an absent section means "off", so it gets no default
     if "anyOf" in node:
         options = [_deref(o, defs) for o in node["anyOf"]]
         non_null = [o for o in options if o.get("type") != "null"]
+        optional = len(non_null) < len(options)
         rest = {k: v for k, v in node.items() if k != "anyOf"}
         if rest.get("default", "x") is None:
             rest.pop("default")
@@ -84,10 +86,14 @@ def _convert(
             name: _convert(sub, defs, f"{path}.{name}") for name, sub in node["properties"].items()
         }
         out.pop("additionalProperties", None)
-        if named and "default" not in out and not out.get("required"):
+        if named and not optional and "default" not in out and not out.get("required"):
             # An omitted section defaults to {} so its fields' defaults (and its CEL rules)
-            # apply on the server exactly as pydantic's default_factory does.
-            out["default"] = {}
+            # apply on the server exactly as pydantic's default_factory does; an optional
+            # section (`X | None`, e.g. finetune.lora) stays absent, as in pydantic.
+            # Spelled out in full, not `{}`: the API server checks a default against the
+            # section's CEL rules without applying the fields' own defaults first.
+            out["default"] = {name: sub["default"] for name, sub in out["properties"].items()
+                              if "default" in sub}
     elif out.pop("properties", None) is not None and out.get("x-kubernetes-preserve-unknown-fields"):
         out.pop("additionalProperties", None)
     elif out.get("type") == "object" and not out.get("x-kubernetes-preserve-unknown-fields"):

@@ -2,11 +2,15 @@
 
 Three files per checkpoint (see `store.py` for the folder and manifest):
 
-    model.pt         the model's state_dict (unwrapped from DDP / torch.compile)
+    model.pt         the model's state_dict (unwrapped from DDP / torch.compile); when some
+                     parameters are frozen (LoRA), only the trainable ones: the frozen base
+                     is rebuilt from its source at every start (see finetune.py)
     optimizer.pt     AdamW state: exp_avg, exp_avg_sq and the step count per parameter,
                      and the param groups
     train_state.pt   global step, tokens seen, learning-rate scale and rollback count,
                      the trainer's counters, RNG states (torch, CUDA, Python, NumPy)
+    config.json      the resolved trainer config (camelCase), so `adamw-train export` can
+                     rebuild the model; never read on resume
 
 Data position needs no bytes of its own: batches are a pure function of (seed, step, rank),
 so the global step *is* the data position.
@@ -17,6 +21,7 @@ containers of numbers and strings are accepted, so a checkpoint can never run co
 
 from __future__ import annotations
 
+import json
 import pickle
 import random
 from collections.abc import Mapping
@@ -37,6 +42,7 @@ from .store import (
 MODEL_FILE = "model.pt"
 OPTIMIZER_FILE = "optimizer.pt"
 TRAIN_STATE_FILE = "train_state.pt"
+CONFIG_FILE = "config.json"
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -127,14 +133,19 @@ class Payload:
     model: dict[str, Any]
     optimizer: dict[str, Any]
     train_state: dict[str, Any]
+    config: dict[str, Any] | None = None
 
     def writers(self) -> dict[str, FileWriter]:
         """name -> function that serializes that part into an open binary file."""
-        return {
+        files = {
             MODEL_FILE: lambda f: _save(self.model, f),
             OPTIMIZER_FILE: lambda f: _save(self.optimizer, f),
             TRAIN_STATE_FILE: lambda f: _save(self.train_state, f),
         }
+        if self.config is not None:
+            text = json.dumps(self.config, indent=1, sort_keys=True)
+            files[CONFIG_FILE] = lambda f: f.write(text.encode())
+        return files
 
 
 def _save(obj: Any, f: Any) -> None:
@@ -145,20 +156,32 @@ def _save(obj: Any, f: Any) -> None:
     torch.save(obj, f)
 
 
+def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint keeps of the model: its state_dict, or, when some parameters are
+    frozen (LoRA), only the trainable ones (the frozen base is rebuilt at every start)."""
+    m = unwrap(model)
+    named = dict(m.named_parameters())
+    if all(p.requires_grad for p in named.values()):
+        return m.state_dict()
+    return {name: p.detach() for name, p in named.items() if p.requires_grad}
+
+
 def capture(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     train_state: Mapping[str, Any],
     snapshot: HostSnapshot | None = None,
+    config: dict[str, Any] | None = None,
 ) -> Payload:
     """Copy model, optimizer and trainer state to host memory (the only part that stalls training)."""
     snapshot = snapshot or HostSnapshot()
     state = dict(train_state)
     state["rng"] = rng_state()
     return Payload(
-        model=snapshot.copy(unwrap(model).state_dict(), "model"),
+        model=snapshot.copy(model_state(model), "model"),
         optimizer=snapshot.copy(optimizer.state_dict(), "optimizer"),
         train_state=snapshot.copy(state, "train_state"),
+        config=config,
     )
 
 
@@ -184,6 +207,11 @@ def _why_unsafe(err: Exception) -> str:
     return (specific or lines[-1:] or [type(err).__name__])[0]
 
 
+def load_model_file(info: CheckpointInfo) -> dict[str, Any]:
+    """Only the model's weights of a verified checkpoint (initFrom, export)."""
+    return _load_file(info, MODEL_FILE)
+
+
 def load(info: CheckpointInfo) -> Payload:
     """Read a verified checkpoint's files to CPU memory, refusing anything that could run code."""
     return Payload(
@@ -193,14 +221,29 @@ def load(info: CheckpointInfo) -> Payload:
     )
 
 
-def restore(payload: Payload, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Load a payload into model and optimizer in place; return the trainer state (without RNG)."""
+def load_model_state(model: torch.nn.Module, state: Mapping[str, Any]) -> None:
+    """Load what `model_state` saved: the full state_dict, or exactly the trainable parameters."""
+    m = unwrap(model)
+    trainable = {name for name, p in m.named_parameters() if p.requires_grad}
+    partial = len(trainable) < len(dict(m.named_parameters()))
+    if partial and set(state) != trainable:
+        have, want = set(state), trainable
+        raise CheckpointError(
+            "checkpoint does not fit the model's trainable parameters (were model.* or "
+            f"finetune.lora changed since it was saved?): missing {sorted(want - have)[:3]}, "
+            f"unexpected {sorted(have - want)[:3]}"
+        )
     try:
-        unwrap(model).load_state_dict(payload.model)
+        m.load_state_dict(state, strict=not partial)
     except RuntimeError as err:
         raise CheckpointError(
             f"checkpoint does not fit the model (was model.* changed since it was saved?): {err}"
         ) from None
+
+
+def restore(payload: Payload, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Load a payload into model and optimizer in place; return the trainer state (without RNG)."""
+    load_model_state(model, payload.model)
     try:
         optimizer.load_state_dict(payload.optimizer)
     except (ValueError, KeyError) as err:
