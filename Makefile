@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(BIN):$(CURDIR)/.tools/helm:$(CURDIR)/.tools/kubectl:$
 # Two CPU cores here; keep torch from oversubscribing them when tests run processes.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: all venv tools demo test bench lint images crd clean
+.PHONY: all venv tools kubernetes cluster cluster-down demo test bench lint images crd clean
 all: test
 
 $(STAMP): pyproject.toml constraints.txt
@@ -27,12 +27,24 @@ $(TOOLS_STAMP): scripts/install_tools.sh
 
 tools: $(TOOLS_STAMP)
 
+## kubernetes: build the pinned upstream control plane into ~/.cache/adamw-operator (idempotent)
+kubernetes:
+	bash scripts/install_kubernetes.sh
+
+## cluster: start a local control plane + virtual kubelet under .cluster/ (no Docker)
+cluster: $(STAMP) $(TOOLS_STAMP) kubernetes
+	$(BIN)/python -m adamw_operator.cluster up
+
+## cluster-down: stop it and remove .cluster/
+cluster-down:
+	$(BIN)/python -m adamw_operator.cluster down
+
 ## demo: run the quickstart training job locally on CPU (no cluster needed)
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
 ## test: the whole test suite (what CI runs)
-test: $(STAMP) $(TOOLS_STAMP)
+test: $(STAMP) $(TOOLS_STAMP) kubernetes
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
 
 ## bench: benchmarks; results go to BENCHMARKS.md

@@ -324,6 +324,7 @@ class ParamGroupRule(CamelModel):
     name: str = Field(
         ...,
         pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,39}$",
+        max_length=40,  # the API server prices CEL rules by string bounds, not by pattern
         description="Group name, shown in the start log and as the `group` label of the "
         "`adamw_param_group_*` metrics (a letter, then letters, digits, `_` or `-`; at most 40).",
     )

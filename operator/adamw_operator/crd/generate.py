@@ -47,7 +47,6 @@ def _at(schema: dict[str, Any], dotted: str) -> dict[str, Any]:
 def job_schema() -> dict[str, Any]:
     """The openAPIV3Schema of the custom resource."""
     spec = structural(AdamWTrainingJobSpec.model_json_schema(by_alias=True), "spec")
-    spec["required"] = sorted(set(spec.get("required", [])) | {"image"})
     status = structural(AdamWTrainingJobStatus.model_json_schema(by_alias=True), "status")
     for path, rules in RULES.items():
         _at({"properties": {"spec": spec}}, "x." + path)["x-kubernetes-validations"] = copy.deepcopy(rules)
@@ -59,7 +58,8 @@ def job_schema() -> dict[str, Any]:
         "properties": {
             "apiVersion": {"type": "string", "description": "API version of this object."},
             "kind": {"type": "string", "description": "Kind of this object."},
-            "metadata": {"type": "object", "description": "Standard object metadata."},
+            # The API server refuses anything but `type` here (metadata is implicit).
+            "metadata": {"type": "object"},
             "spec": spec,
             "status": status,
         },
