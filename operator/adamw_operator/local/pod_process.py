@@ -12,7 +12,12 @@ there are no mount namespaces and no cluster network, so this module stands in f
 - each pod gets its own loopback address 127.0.0.N as podIP, the trainer's metrics
   server binds to it (`ADAMW_METRICS_HOST`), and cluster DNS names
   `<hostname>.<subdomain>.<ns>.svc[.cluster.local]` in env values become pod IPs;
-  gloo talks over `lo`.
+  gloo talks over `lo`;
+- optionally (the virtual kubelet): volumes whose files the caller resolved
+  (`volume_files`: secret, downwardAPI, projected), mount paths served by a real bind
+  mount in the process's own mount namespace instead of rewriting (`bind_paths`: the
+  service-account token at its fixed path), and a literal `0.0.0.0` in argv/env
+  becoming the pod IP (`any_address_to_pod_ip`).
 
 kopf-free and torch-free.
 """
@@ -23,6 +28,7 @@ import asyncio
 import ctypes
 import os
 import re
+import shlex
 import shutil
 import signal
 import sys
@@ -61,6 +67,9 @@ class LocalLaunch:
     layout: LocalPodLayout
     grace_seconds: float
     termination_policy: str = "File"  # or FallbackToLogsOnError: the log tail on failure
+    # container mountPath -> local directory, bind-mounted (read-only) in a private mount
+    # namespace (`unshare --mount`) rather than rewritten; see mount_namespace_argv.
+    bind_mounts: dict[str, Path] = field(default_factory=dict)
 
 
 def pod_dir_name(pod: Pod) -> str:
@@ -125,12 +134,19 @@ def prepare_pod(
     hosts: Mapping[str, str] | None = None,
     claim_dir: Callable[[str], Path] | None = None,
     base_env: Mapping[str, str] | None = None,
+    volume_files: Mapping[str, Mapping[str, bytes]] | None = None,
+    bind_paths: tuple[str, ...] = (),
+    any_address_to_pod_ip: bool = False,
 ) -> LocalLaunch:
     """Lay out the pod's volumes under `root` and compute its argv, env and working dir.
 
     `config_maps` maps ConfigMap names to their `data`; `hosts` maps DNS names to pod
     IPs; `claim_dir(claimName)` gives a PVC's persistent directory (default
-    `root/claims/<namespace>/<claimName>`).
+    `root/claims/<namespace>/<claimName>`). `volume_files` gives, by volume name, the
+    files (relative path -> bytes) of secret/downwardAPI/projected volumes the caller
+    resolved; mounts at or under a path in `bind_paths` become `bind_mounts` (not
+    rewritten); `any_address_to_pod_ip` turns a literal `0.0.0.0` in argv and env values
+    into the pod IP (binding all interfaces in a pod means the pod's own).
     """
     meta, spec = pod["metadata"], pod.get("spec", {})
     namespace = meta.get("namespace", "default")
@@ -154,6 +170,9 @@ def prepare_pod(
             pending_config.append((path, volume["configMap"]))
         elif "hostPath" in volume:
             path = Path(volume["hostPath"]["path"])
+        elif volume_files is not None and name in volume_files:
+            path = pod_dir / "volumes" / name
+            _write_files(path, volume_files[name])
         else:
             kind = next((k for k in volume if k != "name"), "?")
             raise PodSpecError(f"volume {name!r}: {kind} volumes cannot run locally; "
@@ -162,6 +181,7 @@ def prepare_pod(
         volume_dirs[name] = path
 
     mounts: dict[str, Path] = {}
+    bind_mounts: dict[str, Path] = {}
     for mount in container.get("volumeMounts") or []:
         if mount["name"] not in volume_dirs:
             raise PodSpecError(f"volumeMount {mount['mountPath']!r} names volume {mount['name']!r}, "
@@ -170,7 +190,10 @@ def prepare_pod(
         if mount.get("subPath"):
             local = local / mount["subPath"]
             local.mkdir(parents=True, exist_ok=True)  # the kubelet creates a missing subPath
-        mounts[mount["mountPath"]] = local
+        if any(_under(mount["mountPath"], p) for p in bind_paths):
+            bind_mounts[mount["mountPath"]] = local
+        else:
+            mounts[mount["mountPath"]] = local
     working_dir = container.get("workingDir")
     if working_dir and not any(working_dir == m or working_dir.startswith(m.rstrip("/") + "/")
                                for m in mounts):
@@ -204,13 +227,54 @@ def prepare_pod(
     if not command:
         raise PodSpecError(f"pod {meta['name']}: the container has no command; local runs need one")
     argv = [expand_env_references(rewrite(arg, mounts, all_hosts), env) for arg in command]
+    if any_address_to_pod_ip:
+        argv = [any_address(arg, pod_ip) for arg in argv]
+        env = {k: any_address(v, pod_ip) for k, v in env.items()}
     argv[0] = _resolve_executable(argv[0], env["PATH"])
     cwd = Path(rewrite(working_dir, mounts)) if working_dir else pod_dir
     grace = float(spec.get("terminationGracePeriodSeconds", 30))
     layout = LocalPodLayout(pod_dir=pod_dir, mounts=mounts, termination_log=termination_log,
                             log_file=pod_dir / "container.log")
     return LocalLaunch(argv=argv, env=env, cwd=cwd, layout=layout, grace_seconds=grace,
-                       termination_policy=container.get("terminationMessagePolicy") or "File")
+                       termination_policy=container.get("terminationMessagePolicy") or "File",
+                       bind_mounts=bind_mounts)
+
+
+def _under(path: str, prefix: str) -> bool:
+    prefix = prefix.rstrip("/")
+    return path.rstrip("/") == prefix or path.startswith(prefix + "/")
+
+
+def _write_files(directory: Path, files: Mapping[str, bytes]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for relative, content in files.items():
+        target = directory / relative
+        if directory.resolve() not in target.resolve().parents:
+            raise PodSpecError(f"volume file path {relative!r} leaves its volume")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+
+
+_ANY_ADDRESS = re.compile(r"(?<![\w.])0\.0\.0\.0(?!\w|\.\d)")
+
+
+def any_address(text: str, pod_ip: str) -> str:
+    """A literal `0.0.0.0` (all interfaces) becomes the pod's own address."""
+    return _ANY_ADDRESS.sub(pod_ip, text)
+
+
+def mount_namespace_argv(bind_mounts: Mapping[str, Path], argv: list[str]) -> list[str]:
+    """argv run in a private mount namespace with each local dir bind-mounted read-only.
+
+    `unshare` (no --fork) and the shell both exec, so the pid stays the container's
+    process and signals reach it. The mount points are created on the host (empty
+    directories); the mounts themselves are visible only to this process tree.
+    """
+    steps = [f"mkdir -p {shlex.quote(target)} && mount --bind {shlex.quote(str(local))} "
+             f"{shlex.quote(target)} && mount -o remount,bind,ro {shlex.quote(target)}"
+             for target, local in sorted(bind_mounts.items())]
+    script = " && ".join([*steps, 'exec "$@"'])
+    return ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script, "sh", *argv]
 
 
 def _container_env(pod: Pod, container: Mapping[str, Any], pod_ip: str, mounts: Mapping[str, Path],
@@ -293,8 +357,11 @@ class LocalProcess:
 
     async def start(self) -> None:
         self._log = open(self.launch.layout.log_file, "ab")  # noqa: SIM115 - closed in wait()
+        argv = self.launch.argv
+        if self.launch.bind_mounts:
+            argv = mount_namespace_argv(self.launch.bind_mounts, argv)
         self.process = await asyncio.create_subprocess_exec(
-            *self.launch.argv, env=self.launch.env, cwd=self.launch.cwd,
+            *argv, env=self.launch.env, cwd=self.launch.cwd,
             stdin=asyncio.subprocess.DEVNULL, stdout=self._log, stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # a terminal's Ctrl-C must not reach it; the runner decides
             preexec_fn=_die_with_parent,
