@@ -161,6 +161,8 @@ def export(checkpoint: Path, out: Path, *, merge: bool = False, config: Path | N
         base = base_model_dir(cfg)
         base_dir = out / "base"
         peft_model.peft_config["default"].base_model_name_or_path = str(base or base_dir.resolve())
+        if base is None:
+            peft_model.get_base_model().config.save_pretrained(base_dir)  # peft reads it while saving
         peft_model.save_pretrained(out)
         if base is None:  # no directory holds the frozen base: write it next to the adapter
             peft_model.unload().save_pretrained(base_dir)
