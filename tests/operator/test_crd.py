@@ -134,6 +134,9 @@ REFUSED = [
      "names must be unique"),
     ({"trainer": {"optimizer": {"groups": [{"name": "lora", "match": "x"}]}}}, "names must be unique"),
     ({"trainer": {"data": {"source": "hfDisk"}}}, "data.path is required"),
+    ({"trainer": {"data": {"source": "parquet", "path": "/d"},
+                  "model": {"source": "huggingface", "huggingface": {"config": {"model_type": "llama"}}}}},
+     "data.tokenizer.path is required"),
     ({"trainer": {"model": {"source": "huggingface"}}}, "model.huggingface is required"),
     ({"trainer": {"model": {"source": "python"}}}, "model.python is required"),
     ({"trainer": {"model": {"source": "huggingface", "huggingface": {}}}}, "needs path"),
@@ -176,6 +179,14 @@ def test_instruction_data_and_group_rules_are_accepted():
     })
     assert validate(load_crd(), manifest) == []
     parse_job(manifest)
+    # The tokenizer defaults to the Hugging Face model's directory.
+    manifest = job_manifest(trainer={
+        "data": {"source": "jsonl", "path": "/data/sft"},
+        "model": {"source": "huggingface", "huggingface": {"path": "/models/llama"}},
+    })
+    assert validate(load_crd(), manifest) == []
+    _, spec = parse_job(manifest)
+    assert spec.trainer.data.tokenizer.path == "/models/llama"
 
 
 @pytest.mark.parametrize(("patch", "expected"), REFUSED)

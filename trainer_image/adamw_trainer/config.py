@@ -225,7 +225,7 @@ class TokenizerConfig(CamelModel):
         None,
         description="A Hugging Face tokenizer directory (what `save_pretrained` writes, e.g. "
         "tokenizer.json and tokenizer_config.json), read offline with no hub access. Needed by "
-        "the `jsonl`, `parquet` and `hfDisk` sources.",
+        "the `jsonl`, `parquet` and `hfDisk` sources; defaults to `model.huggingface.path`.",
     )
 
 
@@ -305,11 +305,6 @@ class DataConfig(CamelModel):
             raise ValueError(
                 "data.promptField and data.completionField go together: set both for instruction "
                 "data (loss on the completion only), or neither and use data.textField"
-            )
-        if self.source in TOKENIZED_SOURCES and not self.tokenizer.path:
-            raise ValueError(
-                f"data.tokenizer.path is required when data.source is '{self.source}': point it at "
-                "a Hugging Face tokenizer directory"
             )
         return self
 
@@ -559,6 +554,15 @@ class TrainerConfig(CamelModel):
                 "finetune.lora needs model.source 'huggingface' or 'python' (the built-in GPT is "
                 "trained in full); set model.source or remove finetune.lora"
             )
+        if self.data.source in TOKENIZED_SOURCES and not self.data.tokenizer.path:
+            hf = self.model.huggingface if self.model.source == "huggingface" else None
+            if hf is None or not hf.path:
+                raise ValueError(
+                    f"data.tokenizer.path is required when data.source is '{self.data.source}' (it "
+                    "defaults to model.huggingface.path only for a Hugging Face model read from a "
+                    "path); point it at a Hugging Face tokenizer directory"
+                )
+            self.data.tokenizer.path = hf.path  # the model's own tokenizer, shown in the resolved config
         if self.data.source in ("stdlib", "text") and self.model.vocab_size < 256:
             raise ValueError(
                 f"model.vocabSize is {self.model.vocab_size} but data.source "

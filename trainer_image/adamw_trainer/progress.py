@@ -74,6 +74,22 @@ class RunLog:
         self.stream.flush()
         self._line_open = True
 
+    def status_line(self, text: str | None) -> None:
+        """Redraw a free-form live line (terminal only; 10 Hz); None ends it."""
+        if not (self.enabled and self.tty):
+            return
+        if text is None:
+            self._end_line()
+            self.stream.flush()
+            return
+        now = time.monotonic()
+        if now - self._last_draw < 0.1:
+            return
+        self._last_draw = now
+        self.stream.write(f"\r{text}   ")
+        self.stream.flush()
+        self._line_open = True
+
     def _end_line(self) -> None:
         if self._line_open:
             self.stream.write("\n")

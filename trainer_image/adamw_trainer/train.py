@@ -134,6 +134,9 @@ class Trainer:
             batch_size=t.batch_size,
             seed=t.seed,
             device=self.device,
+            # The token cache (tokenized sources) persists beside the checkpoints by default.
+            cache_dir=cfg.data.cache_dir or f"{cfg.checkpoint.dir}/token-cache",
+            log=self.log,
         )
 
         # Resumable state (besides model and optimizer).

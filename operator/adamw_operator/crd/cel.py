@@ -64,13 +64,16 @@ RULES: dict[str, list[dict[str, str]]] = {
             "message": "data.promptField and data.completionField go together: set both for "
             "instruction data, or neither",
         },
-        {
-            "rule": "!(self.source in ['jsonl', 'parquet', 'hfDisk']) || "
-            "(has(self.tokenizer) && has(self.tokenizer.path))",
-            "message": "data.tokenizer.path is required when data.source is 'jsonl', 'parquet' or 'hfDisk'",
-        },
     ],
     "spec.trainer": [
+        {
+            "rule": "!has(self.data) || !(self.data.source in ['jsonl', 'parquet', 'hfDisk']) || "
+            "(has(self.data.tokenizer) && has(self.data.tokenizer.path)) || "
+            "(has(self.model) && self.model.source == 'huggingface' && has(self.model.huggingface) "
+            "&& has(self.model.huggingface.path))",
+            "message": "data.tokenizer.path is required when data.source is 'jsonl', 'parquet' or "
+            "'hfDisk', unless model.huggingface.path holds the tokenizer",
+        },
         {
             "rule": "!has(self.data) || !has(self.model) || "
             "!(self.data.source == 'stdlib' || self.data.source == 'text') || self.model.vocabSize >= 256",

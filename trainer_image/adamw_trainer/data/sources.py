@@ -1,9 +1,7 @@
-"""Training data: byte-level text, nanoGPT uint16 token files, or synthetic tokens.
+"""Token streams that need no tokenizer: byte-level text, nanoGPT uint16 files, synthetic.
 
-Every batch is a pure function of (seed, step, micro-step, rank): there is no iterator
-state, so a run resumed at step N sees exactly the batches an uninterrupted run would.
-Validation batches depend only on (seed, batch index, rank), so every evaluation of a
-run uses the same held-out sequences and losses are comparable over time.
+Each source yields a flat training stream and a held-out tail (`Splits`); `batches.py`
+draws windows from them.
 """
 
 from __future__ import annotations
@@ -14,9 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from .config import DataConfig
+from ..config import DataConfig
 
 _MASK64 = (1 << 64) - 1
 
@@ -89,8 +86,11 @@ def _check_token_range(arr: np.ndarray, vocab_size: int, name: str) -> None:
 
 @dataclass
 class Splits:
-    train: np.ndarray  # 1-D token ids (uint8 bytes or uint16), possibly a memmap
+    train: np.ndarray  # 1-D token ids (uint8 bytes, uint16 or uint32), possibly a memmap
     val: np.ndarray | None
+    # Tokenized instruction data: 1 where a token is a loss target, 0 for prompt tokens.
+    train_mask: np.ndarray | None = None
+    val_mask: np.ndarray | None = None
 
 
 def load_splits(cfg: DataConfig, vocab_size: int, context_length: int) -> Splits:
@@ -135,54 +135,3 @@ def _load_token_files(path: Path, validation_fraction: float) -> Splits:
         raise DataError(f"data.path: {path} does not exist")
     n_val = int(len(data) * validation_fraction)
     return Splits(train=data[: len(data) - n_val], val=data[len(data) - n_val :] if n_val else None)
-
-
-class BatchSource:
-    """Random windows of the corpus; the window offsets come from a seed per batch."""
-
-    def __init__(
-        self,
-        cfg: DataConfig,
-        *,
-        vocab_size: int,
-        context_length: int,
-        batch_size: int,
-        seed: int,
-        device: torch.device,
-    ):
-        self.cfg = cfg
-        self.vocab_size = vocab_size
-        self.t = context_length
-        self.b = batch_size
-        self.seed = seed
-        self.device = device
-        self.splits = load_splits(cfg, vocab_size, context_length)
-        self._window = np.arange(context_length + 1)
-
-    @property
-    def has_validation(self) -> bool:
-        return self.cfg.source == "synthetic" or self.splits.val is not None
-
-    def train_batch(self, step: int, micro: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs and next-token targets for one micro-batch of optimizer step `step`."""
-        return self._batch(self.splits.train, mix_seed(self.seed, 0, step, micro, rank))
-
-    def val_batch(self, index: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._batch(self.splits.val, mix_seed(self.seed, 1, index, rank))
-
-    def _batch(self, data: np.ndarray | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = np.random.Generator(np.random.PCG64(seed))
-        if self.cfg.source == "synthetic":
-            # Arithmetic sequences with a random start and stride per row: learnable, so a
-            # smoke test can see the loss fall, and still a pure function of the seed.
-            start = rng.integers(0, self.vocab_size, size=(self.b, 1))
-            stride = rng.integers(1, 4, size=(self.b, 1))
-            xy = (start + stride * self._window) % self.vocab_size
-        else:
-            assert data is not None
-            starts = rng.integers(0, len(data) - self.t - 1, size=self.b)
-            xy = data[starts[:, None] + self._window].astype(np.int64)
-        xy_t = torch.from_numpy(xy)
-        if self.device.type == "cuda":
-            xy_t = xy_t.pin_memory().to(self.device, non_blocking=True)
-        return xy_t[:, :-1], xy_t[:, 1:]
