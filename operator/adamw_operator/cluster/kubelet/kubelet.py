@@ -81,6 +81,9 @@ class Kubelet:
         self.host_ip = "127.0.0.1"
         self.workers: dict[str, PodWorker] = {}
         self.paused = False
+        self.reachable = asyncio.Event()  # cleared while paused: a partitioned node reaches nothing
+        self.reachable.set()
+        self._held: dict[str, tuple[str, Obj]] = {}  # pod events that arrived while paused
         self.mount_namespace_error: str | None = None
         self._addresses = _addresses(options.pod_cidr or default_pod_cidr(options.node))
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -236,11 +239,26 @@ class Kubelet:
                     logger.warning("node status update failed: %s", e)
 
     async def set_paused(self, paused: bool) -> None:
+        """Paused: as if the node were cut off from the control plane (its pods keep running).
+
+        No heartbeats (Lease, Node status), no pod status writes or deletion confirmations,
+        and pod changes seen meanwhile are applied only on resume; then every pod's status
+        is written afresh (the node-lifecycle controller marked them NotReady meanwhile).
+        """
         was, self.paused = self.paused, paused
-        if was and not paused:  # back at once, as a kubelet whose network returned
+        if paused:
+            self.reachable.clear()
+            return
+        self.reachable.set()
+        if was:  # back at once, as a kubelet whose network returned
             with contextlib.suppress(Exception):
                 await self.update_node_status()
                 await self.renew_lease()
+            held, self._held = self._held, {}
+            for kind, obj in held.values():
+                self._apply(kind, obj)
+            for worker in list(self.workers.values()):
+                worker.resync()
 
     # -- pods ----------------------------------------------------------------------------------
 
@@ -256,10 +274,10 @@ class Kubelet:
                     present = set()
                     for pod in listed.get("items") or []:
                         present.add(pod["metadata"]["uid"])
-                        self._on_pod(pod)
+                        self._event("ADDED", pod)
                     for uid, worker in list(self.workers.items()):
                         if uid not in present:
-                            worker.gone()
+                            self._event("DELETED", worker.pod)
                 async for event in self.api.watch("/api/v1/pods", resource_version=version,
                                                   fieldSelector=selector):
                     failures = 0
@@ -270,15 +288,8 @@ class Kubelet:
                             break
                         raise ApiError(obj.get("code", 500), obj, "WATCH", "/api/v1/pods")
                     version = obj["metadata"].get("resourceVersion", version)
-                    if kind == "BOOKMARK":
-                        continue
-                    if kind == "DELETED":
-                        worker = self.workers.get(obj["metadata"]["uid"])
-                        if worker is not None:
-                            worker.update(obj)
-                            worker.gone()
-                    else:
-                        self._on_pod(obj)
+                    if kind != "BOOKMARK":
+                        self._event(kind, obj)
             except asyncio.CancelledError:
                 raise
             except ApiError as e:
@@ -291,6 +302,19 @@ class Kubelet:
                 failures += 1
                 logger.info("pod watch interrupted (%s); resuming", e.__class__.__name__)
             await asyncio.sleep(min(0.2 * 2 ** failures, 5.0) if failures else 0)
+
+    def _event(self, kind: str, obj: Obj) -> None:
+        if self.paused:
+            self._held[obj["metadata"]["uid"]] = (kind, obj)
+        else:
+            self._apply(kind, obj)
+
+    def _apply(self, kind: str, obj: Obj) -> None:
+        if kind != "DELETED":
+            self._on_pod(obj)
+        elif (worker := self.workers.get(obj["metadata"]["uid"])) is not None:
+            worker.update(obj)
+            worker.gone()
 
     def _on_pod(self, pod: Obj) -> None:
         uid = pod["metadata"]["uid"]
@@ -306,10 +330,17 @@ class Kubelet:
         task.add_done_callback(lambda _: self.workers.pop(uid, None))
 
     async def get_or_none(self, path: str) -> Obj | None:
+        await self.reachable.wait()
         return await retrying(path, lambda: self.api.get_or_none(path))
 
     async def patch_status(self, path: str, body: Obj) -> Obj:
         return await retrying(path, lambda: self.api.patch(f"{path}/status", body))
+
+    async def delete_pod(self, path: str, uid: str) -> None:
+        """Confirm a deletion as the kubelet does: grace period 0, only this uid."""
+        await self.reachable.wait()
+        await self.api.delete(path, {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
+                                     "preconditions": {"uid": uid}})
 
     async def request_token(self, pod: Obj, token: TokenSource) -> str:
         meta, spec = pod["metadata"], pod["spec"]
@@ -360,6 +391,7 @@ class Kubelet:
                 "reportingComponent": "kubelet", "reportingInstance": self.node}
 
         async def post() -> None:
+            await self.reachable.wait()
             with contextlib.suppress(Exception):
                 await self.api.create(f"/api/v1/namespaces/{meta['namespace']}/events", body)
 

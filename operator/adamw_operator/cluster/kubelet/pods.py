@@ -114,6 +114,12 @@ class PodWorker:
         self.removed = True
         self.changed.set()
 
+    def resync(self) -> None:
+        """Write the status again even if unchanged (others may have changed it meanwhile)."""
+        if self._written is not None and not self.removed:
+            self._written = None
+            self._spawn(self._write())
+
     def summary(self) -> Obj:
         pod_dir = self.kubelet.root / "pods" / pod_dir_name(self.pod)
         return {"namespace": self.namespace, "name": self.name, "uid": self.uid, "podIP": self.ip,
@@ -418,6 +424,7 @@ class PodWorker:
     # -- API writes --------------------------------------------------------------------------
 
     async def _write(self) -> None:
+        await self.kubelet.reachable.wait()
         async with self._write_lock:
             await self._write_locked()
 
@@ -444,10 +451,8 @@ class PodWorker:
     async def _confirm_deletion(self) -> None:
         if self.removed:
             return
-        body = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
-                "preconditions": {"uid": self.uid}}
         try:
-            await self.kubelet.api.delete(self.path, body)
+            await self.kubelet.delete_pod(self.path, self.uid)
         except ApiError as e:
             if e.status not in (404, 409):
                 logger.warning("pod %s/%s: confirming the deletion failed: %s", self.namespace, self.name, e)
