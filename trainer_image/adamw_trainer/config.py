@@ -205,7 +205,8 @@ class FinetuneConfig(CamelModel):
         None,
         description="Starting weights: a Hugging Face model directory (safetensors) or one of this "
         "trainer's checkpoints (a `step-N` folder, or a checkpoint directory: its newest valid "
-        "step). Loaded once at a fresh start; a resumed run continues from its own checkpoints.",
+        "step). Unlike resume it starts a new run: loaded at every start, before the run's own "
+        "newest checkpoint (if any) is resumed on top (under LoRA it is the frozen base).",
     )
     lora: LoraConfig | None = Field(
         None,
