@@ -218,6 +218,7 @@ def test_pods_end_with_exit_code_and_termination_message(cluster: Cluster, nodes
     assert _condition(ok, "Ready") == "False" and _condition(ok, "PodScheduled") == "True"
     seen = nodes["vk-a"].pod(ns, "ok")
     assert Path(seen["log"]).read_text().strip() == "hi"
+    assert cluster.kubectl("logs", "ok", "-n", ns).stdout.strip() == "hi"  # through the kubelet's HTTPS
 
 
 @pytest.mark.cluster
@@ -322,11 +323,10 @@ def test_the_projected_token_calls_the_api_as_the_pods_service_account(cluster: 
         "config.load_incluster_config()",
         "api = client.CoreV1Api()",
         "sa = pathlib.Path('/var/run/secrets/kubernetes.io/serviceaccount')",
-        "out = {'namespace': (sa / 'namespace').read_text(),",
-        "       'pods': [p.metadata.name for p in api.list_namespaced_pod(out_ns := (sa / 'namespace').read_text())"
-        ".items]}",
+        "ns = (sa / 'namespace').read_text()",
+        "out = {'namespace': ns, 'pods': [p.metadata.name for p in api.list_namespaced_pod(ns).items]}",
         "try:",
-        "    api.list_namespaced_secret(out_ns); out['secrets'] = 200",
+        "    api.list_namespaced_secret(ns); out['secrets'] = 200",
         "except client.ApiException as e:",
         "    out['secrets'] = e.status",
         "open('/dev/termination-log', 'w').write(json.dumps(out))",

@@ -11,6 +11,7 @@ import os
 import platform
 import signal
 import socket
+import subprocess
 import uuid
 import zlib
 from collections.abc import Iterator, Mapping
@@ -20,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from adamw_operator.local.pod_status import now_iso
 from aiohttp import web
 
-from . import dns
+from adamw_operator.local.pod_status import now_iso
+
+from . import dns, server
 from .api import ApiClient, ApiError, KubeConfig, retrying
 from .pods import PodWorker
 from .volumes import TokenSource
@@ -91,7 +93,9 @@ class Kubelet:
         self._node_conditions: dict[str, Obj] = {}
         self._ready_since = now_iso()
         self._control: web.AppRunner | None = None
+        self._server: web.AppRunner | None = None
         self.control_port: int | None = None
+        self.server_port: int | None = None  # HTTPS for kube-apiserver (kubectl logs)
         path = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
         if options.python_bin is not None:
             path = f"{options.python_bin}{os.pathsep}{path}"
@@ -106,8 +110,12 @@ class Kubelet:
         if self.mount_namespace_error:
             logger.warning("no mount namespaces (%s): pods with a service-account token will wait",
                            self.mount_namespace_error)
-        await self.register_node()
         await self._start_control()
+        try:
+            self._server, self.server_port = await server.start(self)
+        except (OSError, subprocess.CalledProcessError) as e:  # kubectl logs is a convenience
+            logger.warning("no kubelet HTTPS server (kubectl logs will not work): %s", e)
+        await self.register_node()
         loops = [self._spawn(self._lease_loop()), self._spawn(self._node_status_loop()),
                  self._spawn(self._watch_pods())]
         self._write_control_file()
@@ -129,8 +137,9 @@ class Kubelet:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self._control is not None:
-            await self._control.cleanup()
+        for runner in (self._control, self._server):
+            if runner is not None:
+                await runner.cleanup()
         with contextlib.suppress(FileNotFoundError):
             (self.root / "control.json").unlink()
 
@@ -159,7 +168,7 @@ class Kubelet:
         return {
             "capacity": capacity, "allocatable": capacity, "conditions": conditions,
             "addresses": [{"type": "InternalIP", "address": self.host_ip}],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.control_port or 10250}},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.server_port or 10250}},
             "nodeInfo": {"machineID": uuid.uuid5(uuid.NAMESPACE_DNS, self.node).hex,
                          "systemUUID": str(uuid.uuid5(uuid.NAMESPACE_DNS, self.node)),
                          "bootID": _boot_id(), "kernelVersion": platform.release(),
@@ -416,7 +425,7 @@ class Kubelet:
 
     def _write_control_file(self) -> None:
         info = {"pid": os.getpid(), "port": self.control_port, "url": f"http://127.0.0.1:{self.control_port}",
-                "node": self.node, "root": str(self.root)}
+                "node": self.node, "root": str(self.root), "kubeletPort": self.server_port}
         tmp = self.root / ".control.json.tmp"
         tmp.write_text(json.dumps(info))
         tmp.replace(self.root / "control.json")
