@@ -245,3 +245,21 @@ def test_bad_inputs_are_data_errors_naming_the_field(hf_models, tmp_path):
                                "promptField": "question"}})
     with pytest.raises(ConfigError, match=r"data\.tokenizer\.path is required"):
         parse_config({"data": {"source": "parquet", "path": str(pq)}})
+
+
+def test_build_progress_on_a_terminal_and_as_json_lines(hf_models, tmp_path, monkeypatch):
+    from adamw_trainer.data import cache as cache_module
+
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": t} for t in texts(2500)])  # three read batches
+    stream = io.StringIO()
+    open_source(data_cfg(hf_models, path), tmp_path / "tty-cache", log=RunLog(enabled=True, stream=stream, tty=True))
+    line = stream.getvalue()
+    assert "\rtoken cache: 1,024 documents" in line and "tokens" in line and "MB/s" in line
+    assert "[token-cache-built]" in line
+
+    monkeypatch.setattr(cache_module, "PROGRESS_SECONDS", 0.0)  # a JSON line per read batch
+    log, out = json_log()
+    open_source(data_cfg(hf_models, path), tmp_path / "json-cache", log=log)
+    progress = events(out, "token-cache-progress")
+    assert [p["documents"] for p in progress] == [1024, 2048, 2500]
+    assert all(p["tokens"] > 0 and p["mbPerSecond"] > 0 and p["megabytes"] > 0 for p in progress)

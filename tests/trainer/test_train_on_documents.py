@@ -7,8 +7,8 @@ import json
 import math
 
 import pytest
-from data_fixtures import texts, write_jsonl
-from hf_models import hf_models_fixture  # noqa: F401  (session fixture `hf_models`: the BPE tokenizer)
+from data_fixtures import instruction, texts, write_jsonl, write_parquet
+from hf_models import hf_models_fixture, hf_trainer_config, losses, train_in_process  # noqa: F401
 from trainer_process import json_events, run_trainer, small_config, write_config
 
 
@@ -64,3 +64,26 @@ def test_a_record_without_the_text_field_exits_2_naming_file_and_line(tmp_path, 
     assert message["reason"] == "InvalidConfig"
     assert f"{data}:21: record has no text field 'text' (data.textField" in message["message"]
     assert "bad.jsonl:21" in done.stderr
+
+
+@pytest.mark.slow
+def test_hf_model_on_parquet_instruction_data_with_its_own_tokenizer_and_groups(tmp_path, hf_models):
+    data = write_parquet(tmp_path / "sft.parquet", [instruction(i) for i in range(400)])
+    cfg = hf_trainer_config(
+        tmp_path, {"source": "huggingface", "huggingface": {"path": str(hf_models.llama)}},
+        data={"source": "parquet", "path": str(data), "promptField": "question", "completionField": "answer",
+              "cacheDir": str(tmp_path / "cache")},
+        optimizer={"lr": 1e-2, "weightDecay": 0.1, "noDecay": ["bias", "norm", "embedding"],
+                   "groups": [{"name": "attention", "match": r"self_attn\.", "lrScale": 0.5}]},
+    )
+    code, events, trainer = train_in_process(cfg)
+    assert code == 0
+    assert trainer.cfg.data.tokenizer.path == str(hf_models.llama)  # defaulted to the model's directory
+    assert [e for e in events if e["event"] == "token-cache-built"]
+    groups = next(e for e in events if e["event"] == "param-groups")["groups"]
+    assert set(groups) == {"attention", "no_decay", "decay"}, groups
+    assert groups["attention"]["lrScale"] == 0.5 and groups["no_decay"]["weightDecay"] == 0.0
+    lrs = {g["name"]: g["lr"] for g in trainer.optimizer.optimizer.param_groups}
+    assert lrs["attention"] == pytest.approx(lrs["decay"] * 0.5)
+    curve = losses(events)
+    assert all(math.isfinite(v) for v in curve) and curve[-1] < curve[0] - 0.5, curve
