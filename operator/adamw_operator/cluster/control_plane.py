@@ -126,11 +126,14 @@ class ControlPlane:
         self.unreachable_toleration_seconds = unreachable_toleration_seconds
         self.python = python or sys.executable
         self.pki = PKI(self.root / "pki")
+        self.front_proxy = PKI(self.root / "pki" / "front-proxy")
         self.logs = self.root / "logs"
         self.state_file = self.root / "state.json"
         self.kubeconfig = self.root / "kubeconfig"
         self.state: ClusterState | None = None
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._argv: dict[str, list[str]] = {}
+        self._detach = False
 
     # ---- finding a running one -------------------------------------------------------
 
@@ -186,6 +189,15 @@ class ControlPlane:
                 f"--client-ca-file={pki / 'ca.crt'}",
                 f"--kubelet-client-certificate={certs['apiserver-kubelet-client'].cert}",
                 f"--kubelet-client-key={certs['apiserver-kubelet-client'].key}",
+                # The aggregation layer's front proxy, with a CA of its own as kubeadm does
+                # (without it every component logs a missing requestheader CA bundle).
+                f"--requestheader-client-ca-file={self.front_proxy.ca.cert}",
+                "--requestheader-allowed-names=front-proxy-client",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={certs['front-proxy-client'].cert}",
+                f"--proxy-client-key-file={certs['front-proxy-client'].key}",
                 "--authorization-mode=Node,RBAC",
                 "--enable-admission-plugins=NodeRestriction",
                 f"--service-account-issuer={ISSUER}",
@@ -234,6 +246,10 @@ class ControlPlane:
                 "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
                 "--leader-elect=false", "--v=1",
             ])
+            self._spawn("provisioner", [
+                self.python, "-m", "adamw_operator.cluster.provisioner",
+                "--kubeconfig", str(self.kubeconfig), "--root", str(self.root / "volumes"),
+            ])
             for node in self.nodes:
                 self.start_kubelet(node)
             self._write_state()
@@ -272,6 +288,7 @@ class ControlPlane:
                 "apiserver-kubelet-client": self.pki.client(
                     "apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters"),
                 "admin": self.pki.client("admin", "kubernetes-admin", "system:masters"),
+                "front-proxy-client": self.front_proxy.client("front-proxy-client", "front-proxy-client"),
                 "controller-manager": self.pki.client("controller-manager", "system:kube-controller-manager"),
                 "scheduler": self.pki.client("scheduler", "system:kube-scheduler"),
             }
@@ -299,9 +316,23 @@ class ControlPlane:
         elif state is not None and self.state_file.exists():
             self.state_file.unlink()
 
+    def restart(self, name: str, *, down_seconds: float = 0.0, timeout: float = 60.0) -> None:
+        """Stop one component (SIGTERM, then SIGKILL), wait `down_seconds`, start it again
+        with the same flags and port: what a control-plane upgrade or crash looks like to
+        clients (watches cut, connections refused, then the same server again)."""
+        assert self.state is not None
+        stop_pid(self.state.pids[name])
+        self._procs.pop(name, None)
+        time.sleep(down_seconds)
+        self._spawn(name, self._argv[name])
+        self._write_state()
+        if name == "kube-apiserver":
+            self._wait("kube-apiserver", lambda: self._api_ready(self.state.server), timeout)
+
     # ---- helpers ---------------------------------------------------------------------
 
     def _spawn(self, name: str, argv: list[str]) -> None:
+        self._argv[name] = argv
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 (the child keeps it)
         preexec: Callable[[], None] | None = None if self._detach else _die_with_parent
         try:
