@@ -34,8 +34,10 @@ What it does, as a kubelet does:
   `KUBERNETES_SERVICE_PORT=<API server port>` stand in for kube-proxy's ClusterIP of the
   `kubernetes` Service, so in-cluster config (the kubernetes client, Kopf) works and the
   process acts as its ServiceAccount under RBAC;
-- pod network: each pod gets its own loopback address from `--pod-cidr` (default a
-  127.X.0.0/16 derived from the node name; give nodes distinct ranges) as podIP. A
+- pod network: each pod gets its own loopback address as podIP, from `--pod-cidr`,
+  by default the first 127.X.0.0/16 that no other virtual kubelet on this machine holds
+  (an flock per range under $TMPDIR/adamw-virtual-kubelet/: all clusters on a machine
+  share the loopback interface, and two pods with one IP answer each other's probes). A
   literal `0.0.0.0` in argv or env becomes the pod IP, and Python processes get a
   `sitecustomize` (`pod_python/`) that turns a bind to `0.0.0.0`/`""` into a bind to the
   pod IP, so two pods serving the same port (two operator replicas' health endpoints)

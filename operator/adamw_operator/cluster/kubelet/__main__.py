@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from .api import load_kubeconfig
-from .kubelet import DEFAULT_CAPACITY, Options, default_pod_cidr, make_kubelet
+from .kubelet import DEFAULT_CAPACITY, Options, claim_pod_cidr, make_kubelet
 
 
 def _pairs(text: str) -> dict[str, str]:
@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder with the images' entry points (adamw-train, adamw-operator); "
                         "default: this Python's own bin")
     p.add_argument("--pod-cidr", default=None, metavar="127.X.0.0/16",
-                   help="loopback range for pod IPs (default derived from the node name; give each node its own)")
+                   help="loopback range for pod IPs (default: the first 127.X.0.0/16, X >= 20, that no other "
+                        "virtual kubelet on this machine holds; each holds its range with an flock)")
     p.add_argument("--dns-kubeconfig", type=Path, default=None,
                    help="credentials of the cluster-DNS stand-in (list pods and services in every namespace, "
                         "like CoreDNS); without it only pods on this node resolve")
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.capacity:
         capacity.update(args.capacity)
     options = Options(node=args.node, root=root, capacity=capacity, labels=args.labels, taints=args.taints,
-                      pod_cidr=args.pod_cidr or default_pod_cidr(args.node),
+                      pod_cidr=claim_pod_cidr(args.pod_cidr),
                       python_bin=args.python_bin or Path(sys.executable).parent,
                       heartbeat_seconds=args.heartbeat_seconds, node_status_seconds=args.node_status_seconds,
                       probe_period_max=args.probe_period_max, restart_backoff=args.restart_backoff,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import ipaddress
 import json
 import logging
@@ -12,8 +13,8 @@ import platform
 import signal
 import socket
 import subprocess
+import tempfile
 import uuid
-import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -47,7 +48,7 @@ class Options:
     capacity: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_CAPACITY))
     labels: dict[str, str] = field(default_factory=dict)
     taints: list[Obj] = field(default_factory=list)
-    pod_cidr: str | None = None  # 127.X.0.0/16; default derived from the node name
+    pod_cidr: str | None = None  # 127.X.0.0/16; default: the first one free on this machine
     python_bin: Path | None = None  # the venv's bin, where the images' entry points live
     heartbeat_seconds: float = 2.0  # Lease renewals
     node_status_seconds: float = 10.0  # Node status (conditions' heartbeat) writes
@@ -59,8 +60,31 @@ class Options:
     shutdown_grace: float = 5.0
 
 
-def default_pod_cidr(node: str) -> str:
-    return f"127.{zlib.crc32(node.encode()) % 200 + 20}.0.0/16"
+CIDR_LOCKS = Path(tempfile.gettempdir()) / "adamw-virtual-kubelet"
+_held_locks: list[Any] = []  # open lock files: the ranges this process holds until it exits
+
+
+def claim_pod_cidr(wanted: str | None = None) -> str:
+    """A 127.X.0.0/16 no other virtual kubelet on this machine holds (an flock per range).
+
+    Every cluster on the machine shares the loopback interface: two clusters' pods with
+    the same IP would answer each other's probes and steal each other's ports.
+    """
+    CIDR_LOCKS.mkdir(parents=True, exist_ok=True)
+    candidates = [wanted] if wanted else [f"127.{x}.0.0/16" for x in range(20, 255)]
+    for cidr in candidates:
+        lock = open(CIDR_LOCKS / cidr.replace("/", "_"), "w")  # noqa: SIM115 - held for life
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            continue
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        _held_locks.append(lock)
+        return cidr
+    raise RuntimeError(f"pod CIDR {wanted} is held by another virtual kubelet on this machine" if wanted
+                       else "every 127.X.0.0/16 pod range is held by another virtual kubelet")
 
 
 def _addresses(cidr: str) -> Iterator[str]:
@@ -87,7 +111,8 @@ class Kubelet:
         self.reachable.set()
         self._held: dict[str, tuple[str, Obj]] = {}  # pod events that arrived while paused
         self.mount_namespace_error: str | None = None
-        self._addresses = _addresses(options.pod_cidr or default_pod_cidr(options.node))
+        self.pod_cidr = options.pod_cidr or claim_pod_cidr()
+        self._addresses = _addresses(self.pod_cidr)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._node_uid: str | None = None
         self._node_conditions: dict[str, Obj] = {}
@@ -425,7 +450,8 @@ class Kubelet:
 
     def _write_control_file(self) -> None:
         info = {"pid": os.getpid(), "port": self.control_port, "url": f"http://127.0.0.1:{self.control_port}",
-                "node": self.node, "root": str(self.root), "kubeletPort": self.server_port}
+                "node": self.node, "root": str(self.root), "kubeletPort": self.server_port,
+                "podCIDR": self.pod_cidr}
         tmp = self.root / ".control.json.tmp"
         tmp.write_text(json.dumps(info))
         tmp.replace(self.root / "control.json")

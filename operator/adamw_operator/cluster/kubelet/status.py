@@ -78,7 +78,10 @@ class Conditions:
             previous = self._seen.get(kind)
             since = previous[1] if previous and previous[0] == flag else now_iso()
             self._seen[kind] = (flag, since)
-            cond: Obj = {"type": kind, "status": flag, "lastProbeTime": None, "lastTransitionTime": since}
+            # Explicit nulls: the patch merges conditions by type, so an absent key would keep
+            # the old reason on a condition that has become True.
+            cond: Obj = {"type": kind, "status": flag, "lastProbeTime": None, "lastTransitionTime": since,
+                         "reason": None, "message": None}
             if kind in ("ContainersReady", "Ready") and not wanted[kind] and reason:
                 cond["reason"] = reason
             out.append(cond)
