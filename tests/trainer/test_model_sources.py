@@ -4,6 +4,8 @@ finetune.initFrom from a Hugging Face directory and from a trainer checkpoint.""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from hf_models import (  # noqa: F401  (hf_models_fixture: the `hf_models` fixture)
@@ -119,3 +121,15 @@ def test_a_missing_lora_target_is_a_model_error(hf_models, source, monkeypatch):
     built = build_model(cfg)
     with pytest.raises(ModelError, match="finetune.lora.targetModules"):
         prepare(built, cfg)
+
+
+def test_the_custom_model_dockerfile_is_hadolint_clean():
+    import shutil
+    import subprocess
+    import sys
+
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    dockerfile = EXAMPLE_MODELS / "Dockerfile"
+    done = subprocess.run([hadolint, "--no-color", str(dockerfile)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "COPY tiny_lm" in dockerfile.read_text()
