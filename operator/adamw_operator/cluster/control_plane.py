@@ -246,6 +246,7 @@ class ControlPlane:
                 "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
                 "--leader-elect=false", "--v=1",
             ])
+            self._grant_cluster_dns(server)
             self._spawn("provisioner", [
                 self.python, "-m", "adamw_operator.cluster.provisioner",
                 "--kubeconfig", str(self.kubeconfig), "--root", str(self.root / "volumes"),
@@ -272,9 +273,39 @@ class ControlPlane:
             self.python, "-m", "adamw_operator.cluster.kubelet", "--kubeconfig", str(kc),
             "--node", node.name, "--root", str(self.root / "nodes" / node.name),
             "--capacity", node.capacity(),
+            "--dns-kubeconfig", str(self.root / "kubeconfigs" / "cluster-dns"),
         ])
         if node.name not in self.state.nodes:
             self.state.nodes.append(node.name)
+
+    def _grant_cluster_dns(self, server: str) -> None:
+        """The cluster-DNS stand-in (inside the kubelets) reads what CoreDNS reads, under
+        an identity and ClusterRole of its own, as CoreDNS's `system:coredns` does."""
+        user = "system:adamw-cluster-dns"
+        write_kubeconfig(self.root / "kubeconfigs" / "cluster-dns", server=server, ca=self.pki.ca.cert,
+                         user=user, cert=self.pki.client("cluster-dns", user))
+        rbac = "/apis/rbac.authorization.k8s.io/v1"
+        self._post(server, f"{rbac}/clusterroles", {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": user},
+            "rules": [{"apiGroups": [""], "resources": ["pods", "services", "namespaces", "endpoints"],
+                       "verbs": ["get", "list", "watch"]},
+                      {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+                       "verbs": ["get", "list", "watch"]}]})
+        self._post(server, f"{rbac}/clusterrolebindings", {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": user},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": user},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]})
+
+    def _post(self, server: str, path: str, body: dict[str, Any]) -> None:
+        request = urllib.request.Request(server + path, data=json.dumps(body).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            urllib.request.urlopen(request, context=self._ssl(), timeout=10).close()
+        except urllib.error.HTTPError as e:
+            if e.code != 409:  # already there (a restart of the same cluster)
+                raise ClusterError(f"POST {path}: HTTP {e.code}: {e.read()[:500]!r}") from e
 
     def _make_certs(self) -> dict[str, CertPair]:
         try:
