@@ -341,3 +341,51 @@ def test_the_projected_token_calls_the_api_as_the_pods_service_account(cluster: 
     assert any(v["name"].startswith("kube-api-access-") for v in pod["spec"]["volumes"])
     # The token is mounted only inside the pod's own mount namespace.
     assert not any(Path("/var/run/secrets/kubernetes.io/serviceaccount").glob("*"))
+
+
+@pytest.mark.cluster
+def test_volumes_and_env_sources_and_a_claim_shared_across_nodes(cluster: Cluster, nodes: dict[str, Node],
+                                                                  ns: str) -> None:
+    cluster.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "conf"},
+                   "data": {"a.txt": "from a configmap", "key": "cm-value"}}, ns)
+    cluster.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"},
+                   "stringData": {"password": "s3cret"}}, ns)
+    cluster.apply({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "shared"},
+                   "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}}, ns)
+    write = "\n".join([
+        "import json, os, pathlib",
+        "pathlib.Path('/data/from-a').write_text('written on vk-a')",
+        "pathlib.Path('/scratch/x').write_text('tmp')",
+        "out = {'cm': pathlib.Path('/etc/conf/a.txt').read_text(),",
+        "       'secret': pathlib.Path('/etc/creds/password').read_text(),",
+        "       'labels': pathlib.Path('/etc/info/labels').read_text(),",
+        "       'env': [os.environ['CM'], os.environ['PW'], os.environ['NODE']]}",
+        "open('/dev/termination-log', 'w').write(json.dumps(out))",
+    ])
+    mounts = [{"name": "conf", "mountPath": "/etc/conf"}, {"name": "creds", "mountPath": "/etc/creds"},
+              {"name": "info", "mountPath": "/etc/info"}, {"name": "scratch", "mountPath": "/scratch"},
+              {"name": "data", "mountPath": "/data"}]
+    volumes = [{"name": "conf", "configMap": {"name": "conf"}}, {"name": "creds", "secret": {"secretName": "creds"}},
+               {"name": "info", "downwardAPI": {"items": [{"path": "labels",
+                                                           "fieldRef": {"fieldPath": "metadata.labels"}}]}},
+               {"name": "scratch", "emptyDir": {}},
+               {"name": "data", "persistentVolumeClaim": {"claimName": "shared"}}]
+    env = [{"name": "CM", "valueFrom": {"configMapKeyRef": {"name": "conf", "key": "key"}}},
+           {"name": "PW", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}},
+           {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]
+    cluster.apply(_pod("writer", "vk-a", write, volumes=volumes, metadata={"labels": {"role": "writer"}},
+                       container={"volumeMounts": mounts, "env": env}), ns)
+    reader = "import pathlib; open('/dev/termination-log', 'w').write(pathlib.Path('/data/from-a').read_text())"
+
+    def finished(name: str) -> dict[str, Any]:
+        return cluster.wait_for(f"{name} to finish", lambda: (lambda p: p if p["status"].get("phase") in (
+            "Succeeded", "Failed") else None)(cluster.get("pod", name, ns)), timeout=60)
+
+    wrote = finished("writer")["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert wrote["exitCode"] == 0, Path(nodes["vk-a"].pod(ns, "writer")["log"]).read_text()
+    assert json.loads(wrote["message"]) == {"cm": "from a configmap", "secret": "s3cret", "labels": 'role="writer"',
+                                            "env": ["cm-value", "s3cret", "vk-a"]}
+    cluster.apply(_pod("reader", "vk-b", reader, volumes=[volumes[-1]], container={"volumeMounts": [mounts[-1]]}),
+                  ns)
+    read = finished("reader")["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert read.get("message") == "written on vk-a", Path(nodes["vk-b"].pod(ns, "reader")["log"]).read_text()

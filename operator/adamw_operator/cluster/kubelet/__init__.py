@@ -21,8 +21,10 @@ What it does, as a kubelet does:
   whatever the registry and tag, run as the venv's `adamw-train`/`adamw-operator` with
   the Dockerfiles' ENTRYPOINT/CMD; any other image waits in `ErrImagePull` with a
   message naming the images it can run;
-- volumes (`volumes`): configMap, secret, emptyDir, persistentVolumeClaim (a folder per
-  claim under `ROOT/claims/<ns>/<claim>/`, outliving the pod), downwardAPI and projected;
+- volumes (`volumes`): configMap, secret, emptyDir, persistentVolumeClaim (the bound
+  PV's `hostPath`/`local` folder, as the cluster's provisioner makes, so every node
+  shares it; for other PVs a folder per claim under `ROOT/claims/<ns>/<claim>/`; either
+  outlives the pod; an unbound claim keeps the pod waiting), downwardAPI and projected;
   env `valueFrom` (fieldRef, configMapKeyRef, secretKeyRef) and `envFrom`. The
   ServiceAccount admission plugin's `kube-api-access-*` volume gets a token from the
   TokenRequest API bound to the pod (refreshed at 80% of its life), `ca.crt` from the
@@ -79,8 +81,9 @@ status (the node-lifecycle controller marks the node Unknown and taints it), no 
 status writes or deletion confirmations, pod changes applied only on resume; the pods'
 processes keep running. On resume every pod's status is written afresh.
 
-Files: `ROOT/pods/<ns>_<name>_<uid8>/` (container.log, termination-log, volumes/),
-`ROOT/claims/<ns>/<claim>/`. When the kubelet stops (SIGTERM) it stops every pod's
+Files: `ROOT/control.json`, `ROOT/pods/<ns>_<name>_<uid8>/` (container.log,
+termination-log, volumes/), `ROOT/claims/<ns>/<claim>/`, `ROOT/pki/` (the HTTPS server's
+self-signed certificate). When the kubelet stops (SIGTERM) it stops every pod's
 process (SIGTERM, 5 s, SIGKILL); PR_SET_PDEATHSIG kills them if it dies. No orphans.
 
 What a real kubelet and container runtime do that this one does not:

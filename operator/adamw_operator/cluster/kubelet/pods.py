@@ -231,26 +231,6 @@ class PodWorker:
 
     # -- ContainerCreating -------------------------------------------------------------------
 
-    async def _claim_paths(self, pod: Obj) -> dict[str, Path]:
-        """Claim name -> the folder of the PersistentVolume bound to it (a `hostPath` PV,
-        as the cluster's provisioner makes), so pods on every node share the claim's data
-        as they would on network storage. A claim not bound yet keeps the pod waiting."""
-        k = self.kubelet
-        out: dict[str, Path] = {}
-        for volume in pod["spec"].get("volumes") or []:
-            claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
-            if not claim:
-                continue
-            pvc = await k.get_or_none(f"/api/v1/namespaces/{self.namespace}/persistentvolumeclaims/{claim}")
-            name = ((pvc or {}).get("spec") or {}).get("volumeName")
-            if not name:
-                raise Waiting("ContainerCreating", f"waiting for PersistentVolumeClaim {claim!r} to be bound")
-            pv = await k.get_or_none(f"/api/v1/persistentvolumes/{name}")
-            path = (((pv or {}).get("spec") or {}).get("hostPath") or {}).get("path")
-            if path:
-                out[claim] = Path(path)
-        return out
-
     async def _prepare(self) -> bool:
         """Wait until the container can start; False when the pod was deleted meanwhile."""
         reported: tuple[str, str] | None = None
@@ -310,7 +290,6 @@ class PodWorker:
                 raise Waiting("ContainerCreating", f"MountVolume.SetUp failed for volume {token.volume!r}: "
                                                    f"service account token: {e}") from None
         self._tokens = resolved.tokens
-        claims = await self._claim_paths(pod)
         local = copy.deepcopy(pod)
         local_container = local["spec"]["containers"][0]
         local_container["command"], local_container["args"] = command, []
@@ -319,7 +298,7 @@ class PodWorker:
             launch = prepare_pod(local, root=k.root, pod_ip=self.ip, config_maps=resolved.config_maps,
                                  hosts=hosts, base_env=k.base_env, volume_files=resolved.files,
                                  bind_paths=BIND_PATHS, any_address_to_pod_ip=True,
-                                 claim_dir=lambda claim: claims.get(claim)
+                                 claim_dir=lambda claim: resolved.claims.get(claim)
                                  or k.root / "claims" / self.namespace / claim)
         except (PodSpecError, OSError) as e:
             raise Waiting("CreateContainerConfigError", str(e)) from None

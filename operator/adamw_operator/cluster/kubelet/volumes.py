@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .api import ApiError
@@ -41,11 +42,13 @@ class ResolvedVolumes:
     config_maps: dict[str, Mapping[str, str]] = field(default_factory=dict)  # configMap volumes
     files: dict[str, dict[str, bytes]] = field(default_factory=dict)  # other volumes, by name
     tokens: list[TokenSource] = field(default_factory=list)
+    claims: dict[str, Path] = field(default_factory=dict)  # claimName -> its PV's folder
 
 
-async def _get(fetch: Fetch, kind: str, namespace: str, name: str, optional: bool) -> Obj | None:
+async def _get(fetch: Fetch, kind: str, namespace: str | None, name: str, optional: bool) -> Obj | None:
+    path = f"/api/v1/namespaces/{namespace}/{kind}s/{name}" if namespace else f"/api/v1/{kind}s/{name}"
     try:
-        obj = await fetch(f"/api/v1/namespaces/{namespace}/{kind}s/{name}")
+        obj = await fetch(path)
     except ApiError as e:
         if e.status != 403:  # 403: the authorizer's graph has not seen the binding yet
             raise
@@ -120,7 +123,12 @@ async def resolve_volumes(pod: Obj, fetch: Fetch, *, pod_ip: str, host_ip: str) 
     out = ResolvedVolumes()
     for volume in pod.get("spec", {}).get("volumes") or []:
         name = volume["name"]
-        if "configMap" in volume:
+        if "persistentVolumeClaim" in volume:
+            claim_name = volume["persistentVolumeClaim"]["claimName"]
+            folder = await claim_folder(fetch, namespace, claim_name)
+            if folder is not None:
+                out.claims[claim_name] = folder
+        elif "configMap" in volume:
             src = volume["configMap"]
             obj = await _get(fetch, "configmap", namespace, src["name"], bool(src.get("optional")))
             if obj is not None:
@@ -154,6 +162,24 @@ async def resolve_volumes(pod: Obj, fetch: Fetch, *, pod_ip: str, host_ip: str) 
                     raise Unsupported(f"projected volume {name!r}: {kind} sources are not supported")
             out.files[name] = files
     return out
+
+
+async def claim_folder(fetch: Fetch, namespace: str, claim: str) -> Path | None:
+    """The folder of the PersistentVolume bound to the claim (`hostPath` or `local`, as the
+    cluster's provisioner makes), so pods on every node share the claim's data as they
+    would on network storage. None for a volume of another kind (the kubelet then keeps a
+    folder of its own, `ROOT/claims/<ns>/<claim>`); a claim not bound yet keeps the pod
+    waiting."""
+    pvc = await _get(fetch, "persistentvolumeclaim", namespace, claim, False)
+    assert pvc is not None
+    volume_name = (pvc.get("spec") or {}).get("volumeName")
+    if not volume_name or (pvc.get("status") or {}).get("phase") != "Bound":
+        raise SourceMissing(f"waiting for PersistentVolumeClaim {claim!r} to be bound")
+    pv = await _get(fetch, "persistentvolume", None, volume_name, False)
+    assert pv is not None
+    spec = pv.get("spec") or {}
+    path = (spec.get("hostPath") or {}).get("path") or (spec.get("local") or {}).get("path")
+    return Path(path) if path else None
 
 
 async def resolve_env(pod: Obj, container: Obj, fetch: Fetch, *, pod_ip: str, host_ip: str) -> list[Obj]:
