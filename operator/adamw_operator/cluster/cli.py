@@ -16,12 +16,14 @@ from .control_plane import ClusterError, ControlPlane, NodeSpec
 USAGE = """\
 A local Kubernetes {version} control plane is running (API server {server}).
 
-  export KUBECONFIG={kubeconfig}
+  export KUBECONFIG={kubeconfig} PATH={bin_dir}:$PATH
   kubectl get nodes
-  helm install adamw-operator charts/adamw-operator \\
-      --set image.repository=adamw-operator --set image.tag=dev --wait
+  helm install adamw-operator charts/adamw-operator -n adamw-system --create-namespace --wait
   kubectl apply -f examples/quickstart.yaml
   kubectl get awj -w
+
+(helm is in .tools/helm after `make tools`. The virtual kubelets run the chart's images as
+this checkout's own entry points; see docs/local-cluster.md.)
 
 Logs: {logs}    Stop it and remove its state: make cluster-down
 """
@@ -50,10 +52,10 @@ def up(args: argparse.Namespace) -> int:
             print(f"make cluster: {e}", file=sys.stderr)
             print("Retry with: make cluster   (the partial state was stopped)", file=sys.stderr)
             return 1
-    from .binaries import KUBE_VERSION
+    from .binaries import KUBE_VERSION, default_bin_dir
 
     print(USAGE.format(version=KUBE_VERSION, server=state.server, kubeconfig=plane.kubeconfig,
-                       logs=plane.logs))
+                       logs=plane.logs, bin_dir=default_bin_dir()))
     return 0
 
 
