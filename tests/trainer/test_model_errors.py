@@ -42,6 +42,12 @@ IN_PROCESS = {
         lambda m, tmp: {"model": {"source": "python", "python": {"entrypoint": "tiny_lm:nope"}}},
         ["model.python.entrypoint", "has no function 'nope'"],
     ),
+    "byte-data-for-a-small-vocabulary": (
+        lambda m, tmp: {"model": {"source": "huggingface", "huggingface": {"config": {
+            "model_type": "gpt2", "n_layer": 1, "n_embd": 16, "n_head": 2, "vocab_size": 100}}},
+            "data": {"source": "stdlib"}},
+        ["vocabulary has 100 tokens", "byte-level"],
+    ),
     "init-from-missing": (
         lambda m, tmp: {"finetune": {"initFrom": str(tmp / "gone")}},
         ["finetune.initFrom", "does not exist"],

@@ -15,6 +15,7 @@ come from safetensors or `torch.load(weights_only=True)`.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -133,9 +134,20 @@ def peft_config(lora: LoraConfig, *, causal_lm: bool):
 
 def apply_lora(built: BuiltModel, lora: LoraConfig) -> None:
     """Add adapters; freeze every other parameter."""
+    field = "finetune.lora.targetModules"
+    with warnings.catch_warnings():
+        # peft asks transformers a deprecated question on every wrap (a FutureWarning per start).
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        _inject(built, lora, field)
+    for name, p in built.module.named_parameters():
+        p.requires_grad_("lora_" in name)
+    if not any(p.requires_grad for p in built.module.parameters()):
+        raise ModelError(f"{field}: no layer got an adapter; name layers the model has")
+
+
+def _inject(built: BuiltModel, lora: LoraConfig, field: str) -> None:
     from peft import get_peft_model, inject_adapter_in_model
 
-    field = "finetune.lora.targetModules"
     try:
         if built.source == "huggingface":
             built.module.lm = get_peft_model(built.module.lm, peft_config(lora, causal_lm=True))
@@ -150,7 +162,3 @@ def apply_lora(built: BuiltModel, lora: LoraConfig) -> None:
         if isinstance(err, ModelError):
             raise
         raise ModelError(f"{field}: {err}") from None
-    for name, p in built.module.named_parameters():
-        p.requires_grad_("lora_" in name)
-    if not any(p.requires_grad for p in built.module.parameters()):
-        raise ModelError(f"{field}: no layer got an adapter; name layers the model has")

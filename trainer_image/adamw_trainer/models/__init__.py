@@ -53,6 +53,12 @@ def build_model(cfg: TrainerConfig) -> BuiltModel:
     built = source.build(cfg)
     if not isinstance(built.module, nn.Module):
         raise ModelError(f"model.source {cfg.model.source!r} did not produce an nn.Module")
+    if cfg.data.source in ("stdlib", "text") and built.vocab_size < 256:
+        # Byte-level data would index past the embedding (on CUDA an unrecoverable assert).
+        raise ModelError(
+            f"the model's vocabulary has {built.vocab_size} tokens but data.source "
+            f"'{cfg.data.source}' is byte-level (ids up to 255); use a tokenized data source"
+        )
     return built
 
 
