@@ -99,3 +99,39 @@ def test_lora_on_a_python_model(tmp_path, monkeypatch):
     trainable = [n for n, p in trainer.raw_model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n and (".qkv." in n or ".proj." in n) for n in trainable)
     assert len(trainable) == 2 * 2 * 2  # 2 blocks x (qkv, proj) x (A, B)
+
+
+def test_the_finetune_lora_example_runs_with_local_paths(tmp_path, hf_models):
+    """examples/finetune-lora.yaml's trainer section, with its volume paths pointed at the
+    tiny llama and a jsonl file written here, CPU-sized: the LoRA run trains on the
+    completion tokens and checkpoints only the adapters."""
+    import json
+    import math
+
+    import yaml
+    from adamw_trainer.checkpoint.store import CheckpointStore
+
+    docs = yaml.safe_load_all((EXAMPLE_MODELS.parent / "finetune-lora.yaml").read_text())
+    trainer = next(d for d in docs if d.get("kind") == "AdamWTrainingJob")["spec"]["trainer"]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(
+        json.dumps({"prompt": f"Which moment decays in step {i}?", "completion": f" The moment {i % 7}."}) + "\n"
+        for i in range(300)
+    ))
+    trainer["device"] = "cpu"
+    trainer["model"]["contextLength"] = 32
+    trainer["model"]["huggingface"].update(path=str(hf_models.llama), dtype="float32")
+    trainer["data"].update(path=str(data), tokenizer={"path": str(hf_models.llama)},
+                           cacheDir=str(tmp_path / "cache"), evalIntervalSteps=0)
+    trainer["optimizer"]["lr"] = 3e-2
+    trainer["schedule"]["warmupSteps"] = 2
+    trainer["training"] = {"maxSteps": 30, "batchSize": 4, "gradAccumulationSteps": 1,
+                           "logIntervalSteps": 10, "threads": 1}
+    trainer["checkpoint"]["dir"] = str(tmp_path / "checkpoints")
+    trainer.update(metrics={"port": 0}, terminationMessagePath=str(tmp_path / "termination-log"))
+    code, events, run = train_in_process(trainer)
+    assert code == 0
+    curve = [e["loss"] for e in events if e["event"] == "train"]
+    assert all(math.isfinite(v) for v in curve) and curve[-1] < curve[0], curve
+    saved = torch.load(CheckpointStore(tmp_path / "checkpoints").verify(30).path / "model.pt", weights_only=True)
+    assert saved and all("lora_" in k for k in saved)
