@@ -3,10 +3,11 @@ only when a test asks for it (the code behind `make cluster`; see tests/cluster/
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import pytest
-from adamw_operator.cluster.control_plane import ControlPlane, NodeSpec
+from adamw_operator.cluster.control_plane import ControlPlane, NodeSpec, _alive, stop_pid
 
 from tests.cluster.harness import Cluster
 
@@ -16,10 +17,20 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     plane = ControlPlane(tmp_path_factory.mktemp("cluster"),
                          nodes=[NodeSpec("node-1", gpus=8), NodeSpec("node-2")])
     plane.start()
+    cluster = Cluster(plane)
     try:
-        yield Cluster(plane)
+        yield cluster
     finally:
+        # Nothing may outlive the session: the components, the kubelets, their pods.
+        pids = dict(plane.state.pids if plane.state else {})
+        with contextlib.suppress(Exception):
+            pids.update({f"pod {p['namespace']}/{p['name']}": p["pid"]
+                         for p in cluster.pod_processes() if p.get("pid")})
         plane.stop(remove=False)
+        left = {name: pid for name, pid in pids.items() if _alive(pid)}
+        for pid in left.values():
+            stop_pid(pid, grace=0)
+        assert not left, f"still running after the cluster stopped: {left}"
 
 
 @pytest.fixture(scope="session")
