@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Iterator
 
 import pytest
-from adamw_operator.cluster.control_plane import ControlPlane, NodeSpec, _alive, stop_pid
+from adamw_operator.cluster.control_plane import ControlPlane, NodeSpec, alive, stop_pid
 
 from tests.cluster.harness import Cluster
 
@@ -27,7 +27,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             pids.update({f"pod {p['namespace']}/{p['name']}": p["pid"]
                          for p in cluster.pod_processes() if p.get("pid")})
         plane.stop(remove=False)
-        left = {name: pid for name, pid in pids.items() if _alive(pid)}
+        left = {name: pid for name, pid in pids.items() if alive(pid)}
         for pid in left.values():
             stop_pid(pid, grace=0)
         assert not left, f"still running after the cluster stopped: {left}"

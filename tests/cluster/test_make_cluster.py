@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from adamw_operator.cluster.control_plane import _alive
+from adamw_operator.cluster.control_plane import alive
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(300)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +29,7 @@ def test_up_twice_reuses_status_answers_and_down_leaves_nothing(tmp_path: Path):
     state = json.loads((root / "state.json").read_text())
     pids = state["pids"]
     assert {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet-node-1"} <= set(pids)
-    assert all(_alive(p) for p in pids.values())
+    assert all(alive(p) for p in pids.values())
     try:
         again = cli("up", "--root", str(root), "--nodes", "1")
         assert again.returncode == 0 and "already running" in again.stdout
@@ -41,7 +41,7 @@ def test_up_twice_reuses_status_answers_and_down_leaves_nothing(tmp_path: Path):
     finally:
         down = cli("down", "--root", str(root))
     assert down.returncode == 0, down.stderr
-    assert not any(_alive(p) for p in pids.values()), "a cluster process outlived make cluster-down"
+    assert not any(alive(p) for p in pids.values()), "a cluster process outlived make cluster-down"
     assert not root.exists()
     assert "No cluster" in cli("status", "--root", str(root)).stdout
 

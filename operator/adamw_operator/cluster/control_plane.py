@@ -85,7 +85,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -110,7 +110,7 @@ def stop_pid(pid: int, grace: float = 10.0) -> None:
         while time.monotonic() < deadline:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
-            if not _alive(pid):
+            if not alive(pid):
                 return
             time.sleep(0.05)
 
@@ -146,7 +146,7 @@ class ControlPlane:
     def running(self) -> ClusterState | None:
         """The state of a cluster under this root whose API server answers, else None."""
         state = self.load_state()
-        if state is None or not _alive(state.pids.get("kube-apiserver", -1)):
+        if state is None or not alive(state.pids.get("kube-apiserver", -1)):
             return None
         try:
             self._get(state.server, "/readyz", timeout=3)
