@@ -139,6 +139,21 @@ def test_prompt_tokens_are_masked_and_completion_tokens_are_learned(hf_models, t
     assert (y == IGNORE_INDEX).any() and (y != IGNORE_INDEX).any()
 
 
+def test_blocks_with_nothing_to_learn_are_never_drawn(hf_models, tmp_path):
+    # Long prompts, one-word answers: most 16-token blocks hold prompt targets only.
+    records = [{"question": " ".join(texts(3)[i % 3] for _ in range(3)), "answer": " yes"} for i in range(200)]
+    path = write_jsonl(tmp_path / "sft.jsonl", records)
+    cfg = data_cfg(hf_models, path, promptField="question", completionField="answer", validationFraction=0.0)
+    src = open_source(cfg, tmp_path / "cache")
+    mask = np.asarray(src.splits.train_mask)
+    n = (len(mask) - 1) // T
+    learnable = [b for b in range(n) if mask[b * T + 1 : b * T + T + 1].any()]
+    assert 0 < len(learnable) < n / 2  # the case this guards against is common here
+    for step in range(20):
+        _, y = src.train_batch(step, 0, 0)
+        assert (y != IGNORE_INDEX).any(dim=1).all(), "a row with no target would make a batch's loss NaN"
+
+
 def test_the_gpt_ignores_masked_targets():
     from adamw_trainer.config import ModelConfig
     from adamw_trainer.model import GPT

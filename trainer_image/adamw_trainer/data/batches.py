@@ -51,11 +51,13 @@ class BatchSource:
         self.seed = seed
         self.device = device
         self.cache: TokenCache | None = None
+        self._train_blocks: np.ndarray | None = None  # block indices to draw from (None: all)
+        self._val_blocks: np.ndarray | None = None
         if cfg.source in TOKENIZED_SOURCES:
             where = Path(cfg.cache_dir or cache_dir or DEFAULT_CACHE_DIR)
             self.cache = open_token_cache(cfg, cache_dir=where, model_vocab=vocab_size, log=log)
             c = self.cache
-            self.splits = Splits(train=c.train, val=c.val, train_mask=c.train_mask, val_mask=c.val_mask)
+            s = self.splits = Splits(train=c.train, val=c.val, train_mask=c.train_mask, val_mask=c.val_mask)
             if len(self.splits.train) < context_length + 1:
                 raise DataError(
                     f"the training documents hold {len(self.splits.train)} tokens, fewer than one "
@@ -64,6 +66,16 @@ class BatchSource:
                 )
             if self.splits.val is not None and len(self.splits.val) < context_length + 1:
                 self.splits.val = self.splits.val_mask = None  # too small for a block: no evaluation
+            # Instruction data: a block whose targets are all prompt tokens carries no loss (a
+            # batch of only such blocks would average over nothing: NaN). Draw only the others.
+            self._train_blocks = _learnable_blocks(s.train_mask, context_length)
+            self._val_blocks = _learnable_blocks(s.val_mask, context_length) if s.val is not None else None
+            if self._train_blocks is not None and len(self._train_blocks) == 0:
+                raise DataError("no training block of model.contextLength tokens holds a completion "
+                                "token (data.completionField): the prompts fill whole blocks; raise "
+                                "model.contextLength or shorten the prompts")
+            if self._val_blocks is not None and len(self._val_blocks) == 0:
+                s.val = s.val_mask = self._val_blocks = None
         else:
             self.splits = load_splits(cfg, vocab_size, context_length)
         self._window = np.arange(context_length + 1)
@@ -75,14 +87,14 @@ class BatchSource:
     def train_batch(self, step: int, micro: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and next-token targets for one micro-batch of optimizer step `step`."""
         s = self.splits
-        return self._batch(s.train, s.train_mask, mix_seed(self.seed, 0, step, micro, rank))
+        return self._batch(s.train, s.train_mask, self._train_blocks, mix_seed(self.seed, 0, step, micro, rank))
 
     def val_batch(self, index: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.splits
-        return self._batch(s.val, s.val_mask, mix_seed(self.seed, 1, index, rank))
+        return self._batch(s.val, s.val_mask, self._val_blocks, mix_seed(self.seed, 1, index, rank))
 
     def _batch(
-        self, data: np.ndarray | None, mask: np.ndarray | None, seed: int
+        self, data: np.ndarray | None, mask: np.ndarray | None, blocks: np.ndarray | None, seed: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.Generator(np.random.PCG64(seed))
         if self.cfg.source == "synthetic":
@@ -94,7 +106,10 @@ class BatchSource:
         else:
             assert data is not None
             if self.cache is not None:
-                starts = rng.integers(0, (len(data) - 1) // self.t, size=self.b) * self.t
+                if blocks is None:
+                    starts = rng.integers(0, (len(data) - 1) // self.t, size=self.b) * self.t
+                else:
+                    starts = blocks[rng.integers(0, len(blocks), size=self.b)] * self.t
             else:
                 starts = rng.integers(0, len(data) - self.t - 1, size=self.b)
             idx = starts[:, None] + self._window
@@ -111,3 +126,20 @@ class BatchSource:
         if split is not None:  # inputs and masked targets side by side: (b, 2t)
             return xy_t[:, :split], xy_t[:, split:]
         return xy_t[:, :-1], xy_t[:, 1:]
+
+
+def _learnable_blocks(mask: np.ndarray | None, t: int, chunk: int = 1 << 14) -> np.ndarray | None:
+    """Indices of the blocks with at least one target to learn (None: every block counts).
+
+    Block b's targets are tokens b*t + 1 .. b*t + t. One pass over the mask, in chunks of
+    blocks, so a memory-mapped mask is never copied whole.
+    """
+    if mask is None:
+        return None
+    n = (len(mask) - 1) // t
+    keep = []
+    for first in range(0, n, chunk):
+        last = min(n, first + chunk)
+        targets = np.asarray(mask[first * t + 1 : last * t + 1]).reshape(last - first, t)
+        keep.append(np.flatnonzero(targets.any(axis=1)) + first)
+    return np.concatenate(keep) if keep else np.empty(0, np.int64)
