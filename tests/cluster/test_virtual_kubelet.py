@@ -131,7 +131,8 @@ class Node:
             return json.loads(r.read())
 
     def pod(self, namespace: str, name: str) -> dict[str, Any]:
-        return next(p for p in self.control("GET", "/pods") if (p["namespace"], p["name"]) == (namespace, name))
+        """The kubelet's record of the pod ({} until its watch has seen it)."""
+        return next((p for p in self.control("GET", "/pods") if (p["namespace"], p["name"]) == (namespace, name)), {})
 
 
 @pytest.fixture(scope="module")
@@ -253,6 +254,9 @@ def test_an_unknown_image_waits_in_err_image_pull(cluster: Cluster, nodes: dict[
         "reason") == "ErrImagePull" and _state(cluster, ns, "busy")["waiting"])
     assert "busybox:1.36" in waiting["message"] and "adamw-trainer" in waiting["message"]
     assert cluster.get("pod", "busy", ns)["status"]["phase"] == "Pending"
+    started = time.monotonic()
+    cluster.kubectl("delete", "pod", "busy", "-n", ns, "--wait=true", timeout=30)  # nothing ran: gone at once
+    assert time.monotonic() - started < 5
 
 
 @pytest.mark.cluster
@@ -272,7 +276,7 @@ def test_deletion_sends_sigterm_then_sigkill_after_the_grace_period(cluster: Clu
                 "print('up', flush=True); time.sleep(600)")
     cluster.apply(_pod("stubborn", "vk-a", stubborn, terminationGracePeriodSeconds=3), ns)
     node = nodes["vk-a"]
-    cluster.wait_for("the process", lambda: node.pod(ns, "stubborn")["pid"])
+    cluster.wait_for("the process", lambda: node.pod(ns, "stubborn").get("pid"))
     pid = node.pod(ns, "stubborn")["pid"]
     log = Path(node.pod(ns, "stubborn")["log"])
     cluster.wait_for("its first line", lambda: "up" in log.read_text())
@@ -389,3 +393,25 @@ def test_volumes_and_env_sources_and_a_claim_shared_across_nodes(cluster: Cluste
                   ns)
     read = finished("reader")["status"]["containerStatuses"][0]["state"]["terminated"]
     assert read.get("message") == "written on vk-a", Path(nodes["vk-b"].pod(ns, "reader")["log"]).read_text()
+
+
+@pytest.mark.cluster
+def test_the_kubelet_rides_out_an_api_server_restart(cluster: Cluster, nodes: dict[str, Node], ns: str) -> None:
+    # The container exits while the API server is down: its status is written once it is back.
+    cluster.apply(_pod("through", "vk-a", "import sys, time; time.sleep(2); sys.exit(7)"), ns)
+    cluster.wait_for("through running", lambda: "running" in _state(cluster, ns, "through"))
+    cluster.plane.restart("kube-apiserver", down_seconds=1)
+    try:
+        state = cluster.wait_for("through terminated", lambda: _state(cluster, ns, "through").get("terminated"),
+                                 timeout=30)
+    except TimeoutError as e:
+        log = (cluster.plane.logs / "kubelet-vk-a.log").read_text().splitlines()[-30:]
+        raise AssertionError("\n".join(log)) from e
+    assert state["exitCode"] == 7
+    # The watch resumed: a pod created after the restart runs.
+    cluster.apply(_pod("after", "vk-a", "print('after')"), ns)
+    cluster.wait_for("after succeeded", lambda: cluster.get("pod", "after", ns)["status"].get("phase") == "Succeeded")
+    renewed = cluster.get("lease", "vk-a", "kube-node-lease")["spec"]["renewTime"]
+    cluster.wait_for("a renewed Lease", lambda: cluster.get(
+        "lease", "vk-a", "kube-node-lease")["spec"]["renewTime"] != renewed, timeout=10)
+    assert _condition(cluster.get("node", "vk-a"), "Ready") == "True"

@@ -21,6 +21,8 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
+
 from adamw_operator.local.pod_process import (
     LocalLaunch,
     LocalProcess,
@@ -79,6 +81,8 @@ class PodWorker:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._liveness_failed = False
         self._write_lock = asyncio.Lock()
+        self._retry_pending = False
+        self._retry_delay = 0.5
 
     # -- the kubelet's view ----------------------------------------------------------------
 
@@ -242,6 +246,8 @@ class PodWorker:
                 self.launch = await self._try_prepare()
                 self.sandbox = True
                 return True
+            except (aiohttp.ClientError, TimeoutError, ApiError) as e:  # the API server is away
+                logger.info("pod %s/%s: preparing: %s; retrying", self.namespace, self.name, e)
             except Waiting as w:
                 if (w.reason, w.message) != reported:
                     reported = (w.reason, w.message)
@@ -443,20 +449,47 @@ class PodWorker:
         try:
             await self.kubelet.patch_status(self.path, status_patch(self.uid, status))
             self._written = status
+            self._retry_delay = 0.5
         except ApiError as e:
             if e.status == 404:
                 self.gone()
-            else:
+                return
+            if e.status < 500 and e.status not in (403, 429):
                 logger.warning("pod %s/%s: status write refused: %s", self.namespace, self.name, e)
+            self._retry_later()  # 403: a restarted API server's Node authorizer is still syncing
+        except (aiohttp.ClientError, TimeoutError):
+            self._retry_later()
+
+    def _retry_later(self) -> None:
+        """Write the then-current status again shortly, as the status manager's resync does."""
+        if self._retry_pending:
+            return
+        self._retry_pending = True
+        delay, self._retry_delay = self._retry_delay, min(self._retry_delay * 2, 10.0)
+
+        async def retry() -> None:
+            await asyncio.sleep(delay)
+            self._retry_pending = False
+            await self._write()
+
+        self._spawn(retry())
 
     async def _confirm_deletion(self) -> None:
         if self.removed:
             return
-        try:
-            await self.kubelet.delete_pod(self.path, self.uid)
-        except ApiError as e:
-            if e.status not in (404, 409):
-                logger.warning("pod %s/%s: confirming the deletion failed: %s", self.namespace, self.name, e)
+        while not self.removed:
+            try:
+                await self.kubelet.delete_pod(self.path, self.uid)
+                return
+            except ApiError as e:
+                if e.status in (404, 409):
+                    return
+                if e.status < 500 and e.status not in (403, 429):
+                    logger.warning("pod %s/%s: confirming the deletion failed: %s", self.namespace, self.name, e)
+                    return
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            await asyncio.sleep(1.0)  # the API server is away: confirm when it is back
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
