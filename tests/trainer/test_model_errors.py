@@ -48,6 +48,11 @@ IN_PROCESS = {
             "data": {"source": "stdlib"}},
         ["vocabulary has 100 tokens", "byte-level"],
     ),
+    "entry-point-raises": (
+        lambda m, tmp: {"model": {"source": "python", "python": {"entrypoint": "tiny_lm:build",
+                                                                 "options": {"width": "wide"}}}},
+        ["model.python.entrypoint", "tiny_lm:build raised ValueError", "model.python.options"],
+    ),
     "init-from-missing": (
         lambda m, tmp: {"finetune": {"initFrom": str(tmp / "gone")}},
         ["finetune.initFrom", "does not exist"],

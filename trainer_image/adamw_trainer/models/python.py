@@ -60,11 +60,19 @@ def resolve(entrypoint: str):
 
 def build(cfg: TrainerConfig) -> BuiltModel:
     assert cfg.model.python is not None  # the config validator requires it for this source
-    func = resolve(cfg.model.python.entrypoint)
-    module = func(cfg.to_dict()["model"])
+    entrypoint = cfg.model.python.entrypoint
+    func = resolve(entrypoint)
+    try:
+        module = func(cfg.to_dict()["model"])
+    except Exception as err:  # building is deterministic: a restart would fail the same way
+        where = traceback.extract_tb(sys.exc_info()[2])[-1]
+        raise ModelError(
+            f"{FIELD}: {entrypoint} raised {type(err).__name__}: {err} (at {where.filename}:"
+            f"{where.lineno}); fix the function or the model section it reads (model.python.options)"
+        ) from None
     if not isinstance(module, nn.Module):
         raise ModelError(
-            f"{FIELD}: {cfg.model.python.entrypoint} returned {type(module).__name__}, not a "
+            f"{FIELD}: {entrypoint} returned {type(module).__name__}, not a "
             f"torch.nn.Module whose forward(input_ids, labels) returns the loss"
         )
     vocab = getattr(module, "vocab_size", None)
