@@ -223,6 +223,17 @@ def test_pods_end_with_exit_code_and_termination_message(cluster: Cluster, nodes
 
 
 @pytest.mark.cluster
+def test_nothing_a_container_started_outlives_it(cluster: Cluster, nodes: dict[str, Node], ns: str) -> None:
+    code = ("import subprocess; child = subprocess.Popen(['sleep', '600']); "
+            "open('/dev/termination-log', 'w').write(str(child.pid))")
+    cluster.apply(_pod("parent", "vk-a", code), ns)
+    state = cluster.wait_for("parent finished", lambda: _state(cluster, ns, "parent").get("terminated"))
+    child = int(state["message"])
+    cluster.wait_for("the child gone", lambda: not Path(f"/proc/{child}").exists() or Path(
+        f"/proc/{child}/stat").read_text().split()[2] == "Z", timeout=5)
+
+
+@pytest.mark.cluster
 def test_deployment_pods_become_ready_through_their_readiness_probe(cluster: Cluster, nodes: dict[str, Node],
                                                                     ns: str) -> None:
     # Both replicas serve 0.0.0.0:8080, after a delay: each gets its own address, so both bind.

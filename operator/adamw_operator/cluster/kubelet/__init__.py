@@ -84,7 +84,9 @@ processes keep running. On resume every pod's status is written afresh.
 Files: `ROOT/control.json`, `ROOT/pods/<ns>_<name>_<uid8>/` (container.log,
 termination-log, volumes/), `ROOT/claims/<ns>/<claim>/`, `ROOT/pki/` (the HTTPS server's
 self-signed certificate). When the kubelet stops (SIGTERM) it stops every pod's
-process (SIGTERM, 5 s, SIGKILL); PR_SET_PDEATHSIG kills them if it dies. No orphans.
+process (SIGTERM, 5 s, SIGKILL); PR_SET_PDEATHSIG kills them if it dies. When a
+container's process ends, what is left of its process group is killed (the teardown of a
+container's cgroup; a process that made its own session escapes it).
 
 What a real kubelet and container runtime do that this one does not:
 

@@ -357,7 +357,9 @@ class Kubelet:
             worker.update(pod)
             return
         in_use = {w.ip for w in self.workers.values()}
-        ip = next(a for a in self._addresses if a not in in_use)
+        ip = pod.get("status", {}).get("podIP")  # a pod from this node's previous kubelet keeps its IP
+        if not ip or ip in in_use or ipaddress.ip_address(ip) not in ipaddress.ip_network(self.pod_cidr):
+            ip = next(a for a in self._addresses if a not in in_use)
         worker = PodWorker(self, pod, ip)
         self.workers[uid] = worker
         task = self._spawn(worker.run())

@@ -365,6 +365,11 @@ class PodWorker:
             await asyncio.wait([waiter, changed], return_when=asyncio.FIRST_COMPLETED)
             changed.cancel()
         ended = waiter.result()
+        # What tearing down the container's cgroup does: nothing it started outlives it
+        # (the process began its own session, so its process group is its pid).
+        if self.pid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
         for task in running:
             task.cancel()
         started = self.container.state.get("running", {}).get("startedAt")
@@ -421,6 +426,9 @@ class PodWorker:
         if self.process is not None and self.process.running:
             with contextlib.suppress(ProcessLookupError):
                 await self.process.stop(grace)
+        if self.pid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
 
     def kill(self, sig: int = signal.SIGKILL) -> int | None:
         if self.process is None or not self.process.running:
