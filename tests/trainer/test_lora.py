@@ -135,3 +135,27 @@ def test_the_finetune_lora_example_runs_with_local_paths(tmp_path, hf_models):
     assert all(math.isfinite(v) for v in curve) and curve[-1] < curve[0], curve
     saved = torch.load(CheckpointStore(tmp_path / "checkpoints").verify(30).path / "model.pt", weights_only=True)
     assert saved and all("lora_" in k for k in saved)
+
+
+def test_a_diverging_lora_run_rolls_back_to_its_last_good_adapters(tmp_path, hf_models, monkeypatch):
+    """NaN steps under LoRA: skipped, then an in-process rollback to the last known-good
+    adapter checkpoint, and training finishes; the frozen base is untouched throughout."""
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("ADAMW_FAULT_NAN_GRAD_STEPS", "22-40")
+    monkeypatch.setenv("ADAMW_FAULT_NAN_GRAD_UNTIL_ROLLBACKS", "1")
+    cfg = hf_trainer_config(
+        tmp_path, {"source": "huggingface", "huggingface": {"path": str(hf_models.llama)}},
+        finetune={"lora": {"rank": 4}}, training={"maxSteps": 40},
+        checkpoint={"intervalSteps": 5, "keepLatest": 1},
+        divergence={"maxConsecutiveNonfiniteSteps": 3, "action": "Rollback", "maxRollbacks": 2},
+    )
+    code, events, trainer = train_in_process(cfg)
+    assert code == 0
+    rollbacks = [e for e in events if e["event"] == "rollback"]
+    assert len(rollbacks) == 1 and rollbacks[0]["toStep"] == 20, rollbacks
+    base = load_file(hf_models.llama / "model.safetensors")
+    state = trainer.raw_model.lm.get_base_model().state_dict()
+    for name, tensor in base.items():
+        key = name.replace(".q_proj.weight", ".q_proj.base_layer.weight").replace(".v_proj.weight", ".v_proj.base_layer.weight")
+        assert torch.equal(state[key], tensor), name
