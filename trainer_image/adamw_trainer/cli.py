@@ -77,7 +77,9 @@ def _invalid_config(message: str, termination_path: str) -> int:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="adamw-train", description="Train a GPT with guarded fused AdamW and Prometheus metrics."
+        prog="adamw-train",
+        description="Train a model (the built-in GPT, a Hugging Face model or your own) with guarded "
+        "fused AdamW and Prometheus metrics. `adamw-train export --help`: checkpoint -> Hugging Face directory.",
     )
     p.add_argument("--config", required=True, help="YAML or JSON trainer config file")
     return p.parse_args(argv)

@@ -17,10 +17,10 @@ manifest's sha256 check). What is written:
                                 where the GPT has none): the same function, same logits
     model.source python         not exportable (your module has no Hugging Face class)
 
-plus the tokenizer (`data.tokenizer.path`, else `model.huggingface.path`) when one is
-found. `AutoModelForCausalLM.from_pretrained(OUT, local_files_only=True)` then gives the
-training model's logits (tests/trainer/test_export.py: within 1e-5 in float32; merged
-LoRA weights round differently from W x + B A x, within 1e-4).
+plus the tokenizer (`data.tokenizer.path`, else `model.huggingface.path`, else a Hugging
+Face `finetune.initFrom`) when one is found. `AutoModelForCausalLM.from_pretrained(OUT,
+local_files_only=True)` then gives the training model's logits (tests/trainer/test_export.py:
+within 1e-5 in float32; merged LoRA weights round differently from W x + B A x, within 1e-4).
 """
 
 from __future__ import annotations
@@ -124,6 +124,8 @@ def tokenizer_dir(cfg: TrainerConfig) -> Path | None:
         candidates.append(Path(tok.path))
     if cfg.model.huggingface is not None and cfg.model.huggingface.path:
         candidates.append(Path(cfg.model.huggingface.path))
+    if cfg.finetune.init_from:
+        candidates.append(Path(cfg.finetune.init_from))
     for path in candidates:
         if any((path / name).is_file() for name in TOKENIZER_FILES):
             return path
