@@ -133,3 +133,20 @@ def test_the_custom_model_dockerfile_is_hadolint_clean():
     done = subprocess.run([hadolint, "--no-color", str(dockerfile)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "COPY tiny_lm" in dockerfile.read_text()
+
+
+def test_validating_model_and_finetune_sections_imports_no_ml_library():
+    """The operator validates these sections too; its image has no torch or transformers."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from adamw_trainer.config import parse_config\n"
+        "parse_config({'model': {'source': 'huggingface', 'huggingface': {'path': '/m'}},\n"
+        "              'finetune': {'initFrom': '/c', 'lora': {'rank': 4}}})\n"
+        "parse_config({'model': {'source': 'python', 'python': {'entrypoint': 'a.b:c'}}})\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'peft', 'safetensors') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
