@@ -94,11 +94,14 @@ class Trainer:
         self.env = env or DistEnv.from_env()
         self.config_hash = config_hash or cfg.config_hash()
         self.log = log or RunLog(enabled=self.env.is_main)
+        # Recovery-time phases (benchmarks/bench_operator.py): imports done, then rendezvous.
+        self.log.event("initializing", rank=self.env.rank, worldSize=self.env.world_size)
         t = cfg.training
         if t.threads:
             torch.set_num_threads(t.threads)
         self.device = resolve_device(cfg.device, self.env)
         init_process_group(self.env, self.device)
+        self.log.event("rendezvous", worldSize=self.env.world_size)
         self.precision = t.precision
         if self.device.type != "cuda" and self.precision != "fp32":
             warnings.warn(
