@@ -426,3 +426,24 @@ def test_the_kubelet_rides_out_an_api_server_restart(cluster: Cluster, nodes: di
     cluster.wait_for("a renewed Lease", lambda: cluster.get(
         "lease", "vk-a", "kube-node-lease")["spec"]["renewTime"] != renewed, timeout=10)
     assert _condition(cluster.get("node", "vk-a"), "Ready") == "True"
+
+
+@pytest.mark.cluster
+def test_a_restarted_kubelet_reports_lost_containers(cluster: Cluster, nodes: dict[str, Node], ns: str) -> None:
+    cluster.apply(_pod("once", "vk-b", "import time; time.sleep(600)"), ns)
+    cluster.apply(_pod("again", "vk-b", "import time; time.sleep(600)", restartPolicy="Always"), ns)
+    for name in ("once", "again"):
+        cluster.wait_for(f"{name} running", lambda n=name: "running" in _state(cluster, ns, n))
+    ip = cluster.get("pod", "again", ns)["status"]["podIP"]
+    cluster.plane.restart("kubelet-vk-b")  # SIGTERM: it stops its pods' processes, then starts afresh
+    try:
+        lost = cluster.wait_for("once lost", lambda: _state(cluster, ns, "once").get("terminated"), timeout=30)
+    except TimeoutError as e:
+        log = (cluster.plane.logs / "kubelet-vk-b.log").read_text().splitlines()[-40:]
+        raise AssertionError("\n".join(log) + "\n" + json.dumps(cluster.get("pod", "once", ns)["status"])) from e
+    assert lost["exitCode"] == 137 and lost["reason"] == "ContainerStatusUnknown"
+    assert cluster.get("pod", "once", ns)["status"]["phase"] == "Failed"
+    status = cluster.wait_for("again restarted", lambda: (lambda s: s if s.get("restartCount") == 1 and "running" in s[
+        "state"] else None)((cluster.get("pod", "again", ns)["status"].get("containerStatuses") or [{}])[0]))
+    assert status["lastState"]["terminated"]["reason"] == "ContainerStatusUnknown"
+    assert cluster.get("pod", "again", ns)["status"]["podIP"] == ip

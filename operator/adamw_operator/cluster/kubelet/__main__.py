@@ -65,6 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _pod_cidr(root: Path, wanted: str | None) -> str:
+    """The node's pod range, the same as before a restart where possible (ROOT/pod-cidr)."""
+    record = root / "pod-cidr"
+    previous = record.read_text().strip() if record.exists() else None
+    cidr = claim_pod_cidr(wanted, previous)
+    root.mkdir(parents=True, exist_ok=True)
+    record.write_text(cidr + "\n")
+    return cidr
+
+
 def _show(pairs: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in pairs.items())
 
@@ -79,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.capacity:
         capacity.update(args.capacity)
     options = Options(node=args.node, root=root, capacity=capacity, labels=args.labels, taints=args.taints,
-                      pod_cidr=claim_pod_cidr(args.pod_cidr),
+                      pod_cidr=_pod_cidr(root, args.pod_cidr),
                       python_bin=args.python_bin or Path(sys.executable).parent,
                       heartbeat_seconds=args.heartbeat_seconds, node_status_seconds=args.node_status_seconds,
                       probe_period_max=args.probe_period_max, restart_backoff=args.restart_backoff,

@@ -64,14 +64,16 @@ CIDR_LOCKS = Path(tempfile.gettempdir()) / "adamw-virtual-kubelet"
 _held_locks: list[Any] = []  # open lock files: the ranges this process holds until it exits
 
 
-def claim_pod_cidr(wanted: str | None = None) -> str:
-    """A 127.X.0.0/16 no other virtual kubelet on this machine holds (an flock per range).
+def claim_pod_cidr(wanted: str | None = None, previous: str | None = None) -> str:
+    """A 127.X.0.0/16 no other virtual kubelet on this machine holds (an flock per range),
+    `previous` (this node's range before a restart) first if it is still free.
 
     Every cluster on the machine shares the loopback interface: two clusters' pods with
     the same IP would answer each other's probes and steal each other's ports.
     """
     CIDR_LOCKS.mkdir(parents=True, exist_ok=True)
-    candidates = [wanted] if wanted else [f"127.{x}.0.0/16" for x in range(20, 255)]
+    candidates = [wanted] if wanted else [*([previous] if previous else []),
+                                          *(f"127.{x}.0.0/16" for x in range(20, 255))]
     for cidr in candidates:
         lock = open(CIDR_LOCKS / cidr.replace("/", "_"), "w")  # noqa: SIM115 - held for life
         try:
@@ -153,7 +155,12 @@ class Kubelet:
             await self.shutdown()
 
     async def shutdown(self) -> None:
-        """Stop every pod's process (no orphans), then the control API."""
+        """Stop every pod's process (no orphans), then the control API.
+
+        No status is written for containers stopped this way (a real kubelet leaves them
+        running): the next kubelet of this node reports them as ContainerStatusUnknown.
+        """
+        self.reachable.clear()
         workers = list(self.workers.values())
         await asyncio.gather(*(w.shutdown(self.options.shutdown_grace) for w in workers),
                              return_exceptions=True)
@@ -444,7 +451,7 @@ class Kubelet:
             web.post("/heartbeat", self._http_heartbeat),
             web.post("/pods/{namespace}/{name}/signal", self._http_signal),
         ])
-        self._control = web.AppRunner(app, access_log=None)
+        self._control = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._control.setup()
         site = web.TCPSite(self._control, "127.0.0.1", self.options.control_port)
         await site.start()

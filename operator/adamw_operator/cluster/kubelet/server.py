@@ -76,7 +76,7 @@ async def start(kubelet: Kubelet) -> tuple[web.AppRunner, int]:
     app = web.Application()
     app.add_routes([web.get("/containerLogs/{namespace}/{pod}/{container}", logs),
                     web.get("/healthz", lambda _: web.Response(text="ok"))])
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
     await site.start()
