@@ -43,7 +43,8 @@ What it does, as a kubelet does:
   literal `0.0.0.0` in argv or env becomes the pod IP, and Python processes get a
   `sitecustomize` (`pod_python/`) that turns a bind to `0.0.0.0`/`""` into a bind to the
   pod IP, so two pods serving the same port (two operator replicas' health endpoints)
-  do not collide; binds made in C (torch's TCPStore) and `localhost` inside a pod still
+  do not collide; rank 0's torch TCPStore (a bind made in C++) is handed a socket bound
+  to the pod IP the same way; other binds made in C, and `localhost` inside a pod, still
   mean the host's;
 - cluster DNS (`dns`): the API server refuses loopback addresses in EndpointSlices, so
   names are answered as CoreDNS would answer them from the slices, but computed from the
