@@ -144,6 +144,8 @@ REFUSED = [
         "path": "/m", "config": {"model_type": "llama"}}}}}, "either path or config"),
     ({"trainer": {"finetune": {"lora": {"rank": 8}}}}, "finetune.lora needs model.source"),
     ({"trainer": {"model": {"source": "gpt"}, "finetune": {"lora": {}}}}, "finetune.lora needs model.source"),
+    ({"trainer": {"model": {"source": "huggingface", "huggingface": {"path": "/m", "dtype": "bfloat16"}}}},
+     "dtype other than float32 needs finetune.lora"),
 ]
 
 

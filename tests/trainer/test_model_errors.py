@@ -26,6 +26,10 @@ SUBPROCESS = {
         lambda m, tmp: {"model": {"source": "python", "python": {"entrypoint": "no_such_package.models:build"}}},
         ["model.python.entrypoint", "cannot import 'no_such_package.models'", "PYTHONPATH"],
     ),
+    "bfloat16-weights-without-lora": (  # refused by the config, before torch is imported
+        lambda m, tmp: {"model": {"source": "huggingface", "huggingface": {"path": str(m.llama), "dtype": "bfloat16"}}},
+        ["model.huggingface.dtype 'bfloat16'", "finetune.lora"],
+    ),
     "lora-on-the-gpt": (
         lambda m, tmp: {"finetune": {"lora": {"rank": 4}}},
         ["finetune.lora needs model.source 'huggingface' or 'python'"],

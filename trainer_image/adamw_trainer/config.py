@@ -54,8 +54,9 @@ class HuggingFaceModelConfig(CamelModel):
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32",
-        description="Dtype the weights are held in. Keep `float32` to train with `training.precision` "
-        "autocast; `bfloat16` halves the memory of frozen LoRA base weights.",
+        description="Dtype the weights are held in. `float32` to train them (mixed precision comes "
+        "from `training.precision` autocast); `bfloat16`/`float16` only under `finetune.lora`, for the "
+        "frozen base (half the memory; the adapters stay float32).",
     )
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
         "sdpa",
@@ -554,6 +555,15 @@ class TrainerConfig(CamelModel):
             raise ValueError(
                 "finetune.lora needs model.source 'huggingface' or 'python' (the built-in GPT is "
                 "trained in full); set model.source or remove finetune.lora"
+            )
+        hf = self.model.huggingface
+        if self.model.source == "huggingface" and hf is not None and hf.dtype != "float32" and self.finetune.lora is None:
+            # The fused AdamW step updates float32 weights only; low-precision weights are for
+            # a frozen LoRA base (the adapters stay float32). Mixed precision is autocast.
+            raise ValueError(
+                f"model.huggingface.dtype '{hf.dtype}' holds weights the optimizer cannot update; "
+                "train in full with dtype float32 and training.precision bf16 (autocast), or add "
+                "finetune.lora (the frozen base may be bfloat16)"
             )
         if self.data.source in TOKENIZED_SOURCES and not self.data.tokenizer.path:
             hf = self.model.huggingface if self.model.source == "huggingface" else None

@@ -85,6 +85,13 @@ RULES: dict[str, list[dict[str, str]]] = {
             "message": "finetune.lora needs model.source 'huggingface' or 'python' (the built-in GPT "
             "is trained in full)",
         },
+        {
+            "rule": "!has(self.model) || self.model.source != 'huggingface' || !has(self.model.huggingface) || "
+            "!has(self.model.huggingface.dtype) || self.model.huggingface.dtype == 'float32' || "
+            "(has(self.finetune) && has(self.finetune.lora))",
+            "message": "model.huggingface.dtype other than float32 needs finetune.lora (only a frozen "
+            "base may be low-precision; full training uses float32 weights and precision autocast)",
+        },
     ],
     "spec.trainer.optimizer": [
         {
