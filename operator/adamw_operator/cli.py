@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+import time
 from typing import Any
 
 from . import __version__
@@ -48,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     peering.add_argument("--peering", metavar="NAME", default=None,
                          help="HA: replicas sharing this KopfPeering name elect one active")
     peering.add_argument("--standalone", action="store_true", help="no peering (single replica; default)")
-    p.add_argument("--priority", type=int, default=0, help="peering priority of this replica")
+    p.add_argument("--priority", type=int, default=None,
+                   help="peering priority of this replica (default: the replica started first acts)")
     p.add_argument("--default-trainer-image", metavar="IMAGE",
                    default=os.environ.get("ADAMW_DEFAULT_TRAINER_IMAGE") or None,
                    help="trainer image for jobs without spec.image (env ADAMW_DEFAULT_TRAINER_IMAGE)")
@@ -77,6 +79,17 @@ def configure_logging(fmt: str, verbose: bool) -> None:
         # Kopf logs "Handler ... succeeded" for every watch event: thousands a minute on a
         # busy cluster, and nothing our own logs and Events do not already say.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+
+
+def start_priority() -> int:
+    """A peering priority that falls with this process's start time (ms since the epoch).
+
+    Replicas of one Deployment share their flags, and Kopf pauses *every* peer when two
+    share the highest priority, so equal defaults would leave an HA install with no active
+    operator at all. With this default the longest-running replica acts, a newcomer (a
+    rolling update, a restarted pod) stands by until it is the oldest.
+    """
+    return -int(time.time() * 1000)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         registry=registry,
         standalone=args.peering is None,
         peering_name=args.peering,
-        priority=args.priority,
+        priority=args.priority if args.priority is not None else start_priority(),
         clusterwide=args.all_namespaces,
         namespaces=args.namespace,
         liveness_endpoint=f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None,

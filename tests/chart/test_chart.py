@@ -140,11 +140,11 @@ def test_deployment_is_locked_down_and_probed():
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
     assert f"--liveness-port={ports['healthz']}" in args and f"--metrics-port={ports['metrics']}" in args
     # One replica without peering: never two operators at once, even during an update.
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment["spec"]["strategy"] == {"type": "Recreate", "rollingUpdate": None}
     assert by_kind(render(), "PodDisruptionBudget") == []
     docs = render(*ALL_ON)
     deployment, _, _ = _args(docs)
-    assert deployment["spec"]["replicas"] == 2 and "strategy" not in deployment["spec"]
+    assert deployment["spec"]["replicas"] == 2 and deployment["spec"]["strategy"] == {"type": "RollingUpdate"}
     (pdb,) = by_kind(docs, "PodDisruptionBudget")
     assert pdb["spec"]["minAvailable"] == 1
     assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
