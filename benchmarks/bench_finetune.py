@@ -35,7 +35,7 @@ from adamw_trainer.progress import RunLog
 from adamw_trainer.schedule import lr_at
 from adamw_trainer.train import Trainer
 
-from .common import describe_machine, md_table, median
+from .common import describe_machine, md_table, median, rotated
 
 LLAMA = {
     "model_type": "llama", "num_hidden_layers": 4, "hidden_size": 64, "intermediate_size": 176,
@@ -112,17 +112,6 @@ def minimal_loop(cfg: TrainerConfig, data: BatchSource, guarded: bool) -> float:
     return time.perf_counter() - start
 
 
-def interleave(runners: dict, rounds: int) -> dict[str, list[float]]:
-    for fn in runners.values():  # warm-up
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    names = list(runners)
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            times[name].append(runners[name]())
-    return times
-
-
 def state_bytes(trainer: Trainer) -> tuple[int, int]:
     """(AdamW state bytes, checkpoint bytes of model.pt + optimizer.pt)."""
     opt = trainer.optimizer.optimizer
@@ -142,7 +131,7 @@ def run(args: argparse.Namespace) -> str:
     cfg = config(steps)
     data = BatchSource(cfg.data, vocab_size=LLAMA["vocab_size"], context_length=CONTEXT, batch_size=BATCH,
                        seed=cfg.training.seed, device=torch.device("cpu"))
-    loops = interleave({
+    loops = rotated({
         "minimal loop": lambda: minimal_loop(cfg, data, guarded=False),
         "minimal + guarded step": lambda: minimal_loop(cfg, data, guarded=True),
         "adamw-train": lambda: trainer_run(config(steps))[0],
@@ -161,7 +150,7 @@ def run(args: argparse.Namespace) -> str:
         kept[kind] = trainer
         return seconds
 
-    ft_times = interleave({"full": lambda: ft("full"), "LoRA": lambda: ft("LoRA")}, rounds)
+    ft_times = rotated({"full": lambda: ft("full"), "LoRA": lambda: ft("LoRA")}, rounds)
     ft_rows = []
     measured = {}
     for kind in ("full", "LoRA"):

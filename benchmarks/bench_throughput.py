@@ -31,7 +31,7 @@ from adamw_trainer.progress import RunLog
 from adamw_trainer.schedule import lr_at
 from adamw_trainer.train import Trainer, peak_flops
 
-from .common import describe_machine, md_table, median, sync
+from .common import describe_machine, md_table, median, rotated, sync
 
 
 def cpu_config(steps: int) -> TrainerConfig:
@@ -134,15 +134,7 @@ def compare(cfg: TrainerConfig, device: torch.device, rounds: int) -> dict[str, 
         "minimal + guarded step": lambda: timed_loop(True),
         "adamw-train": lambda: _trainer_run(cfg),
     }
-    for fn in runners.values():  # warm-up: allocator, kernels, cuBLAS handles
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    names = list(runners)
-    for r in range(rounds):
-        # Rotate the order each round so no loop always runs right after another.
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            times[name].append(runners[name]())
-    return times
+    return rotated(runners, rounds)
 
 
 def report(cfg: TrainerConfig, device: torch.device, times: dict[str, list[float]]) -> str:

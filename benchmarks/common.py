@@ -66,6 +66,20 @@ def interleaved(
     return times
 
 
+def rotated(runners: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    """Run each runner (which times itself and returns seconds) once as a warm-up (allocator,
+    kernels, cuBLAS handles), then `rounds` times, rotating the order each round so no
+    runner always runs right after another."""
+    for fn in runners.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    names = list(runners)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            times[name].append(runners[name]())
+    return times
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
 

@@ -108,7 +108,7 @@ def hf_models_fixture(tmp_path_factory) -> HFModels:
 
 def hf_trainer_config(tmp_path: Path, model: dict[str, Any], **groups: Any) -> dict[str, Any]:
     """A small trainer config for a Hugging Face (or python) model on synthetic tokens."""
-    from trainer_process import small_config
+    from trainer_process import override, small_config
 
     cfg = small_config(
         tmp_path,
@@ -118,12 +118,7 @@ def hf_trainer_config(tmp_path: Path, model: dict[str, Any], **groups: Any) -> d
         schedule={"warmupSteps": 5},
         training={"maxSteps": 40, "batchSize": 8, "logIntervalSteps": 10, "threads": 1},
     )
-    for group, values in groups.items():
-        if isinstance(values, dict) and isinstance(cfg.get(group), dict):
-            cfg[group].update(values)
-        else:
-            cfg[group] = values
-    return cfg
+    return override(cfg, groups)
 
 
 def train_in_process(cfg: dict[str, Any]):

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import random
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from hf_models import hf_models_fixture, hf_trainer_config  # noqa: F401
-from test_resume_exactness import assert_bit_identical, final_state, progress, tmp_dirs
+from test_resume_exactness import (
+    assert_bit_identical,
+    final_state,
+    progress,
+    tmp_dirs,
+    wait_for_write,
+)
 from trainer_process import (
     free_port,
     json_events,
@@ -64,11 +69,7 @@ def test_lora_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path, h
                 progress(port, proc, beyond=start + rng.randint(25, 70))
             else:
                 progress(port, proc, beyond=start)
-                deadline = time.monotonic() + 60
-                while not tmp_dirs(ckpt_dir) and time.monotonic() < deadline:
-                    assert proc.poll() is None, "trainer finished before a write could be interrupted"
-                    time.sleep(0.002)
-                assert tmp_dirs(ckpt_dir), "no checkpoint write seen"
+                wait_for_write(ckpt_dir, proc)
             assert proc.poll() is None, f"trainer exited ({proc.returncode}) before the {moment} kill"
             proc.kill()
             out, _ = proc.communicate(timeout=30)

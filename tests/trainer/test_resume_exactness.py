@@ -62,6 +62,15 @@ def tmp_dirs(ckpt_dir: Path) -> list[str]:
     return [p.name for p in ckpt_dir.glob(".tmp-step-*")] if ckpt_dir.exists() else []
 
 
+def wait_for_write(ckpt_dir: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Until a checkpoint write is under way (its temp folder exists), polled every 2 ms."""
+    deadline = time.monotonic() + timeout
+    while not tmp_dirs(ckpt_dir) and time.monotonic() < deadline:
+        assert proc.poll() is None, "trainer finished before a write could be interrupted"
+        time.sleep(0.002)
+    assert tmp_dirs(ckpt_dir), "no checkpoint write seen"
+
+
 def progress(port: int, proc: subprocess.Popen, beyond: int, timeout: float = 60) -> int:
     status = wait_until(
         port, proc, lambda s: (s.get("step") or 0) > beyond, timeout, poll=0.01, what=f"no progress past step {beyond}"
@@ -101,11 +110,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
                 # Wait until this attempt trains (it has removed older leftovers by then), then
                 # for one of its own writes to be under way.
                 progress(port, proc, beyond=wait_for_status(port, proc).get("step") or 0)
-                deadline = time.monotonic() + 60
-                while not tmp_dirs(ckpt_dir) and time.monotonic() < deadline:
-                    assert proc.poll() is None, "trainer finished before a write could be interrupted"
-                    time.sleep(0.002)
-                assert tmp_dirs(ckpt_dir), "no checkpoint write seen"
+                wait_for_write(ckpt_dir, proc)
             assert proc.poll() is None, f"trainer exited ({proc.returncode}) before the {moment} kill"
             proc.kill()  # SIGKILL: no handler runs, nothing is flushed
             out, _ = proc.communicate(timeout=30)

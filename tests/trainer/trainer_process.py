@@ -32,6 +32,11 @@ def small_config(tmp_path: Path, **groups: dict[str, Any]) -> dict[str, Any]:
         "checkpoint": {"dir": str(tmp_path / "checkpoints")},
         "terminationMessagePath": str(tmp_path / "termination-log"),
     }
+    return override(cfg, groups)
+
+
+def override(cfg: dict[str, Any], groups: dict[str, Any]) -> dict[str, Any]:
+    """Merge each group's keys into `cfg` (a non-dict value replaces the group)."""
     for group, values in groups.items():
         if isinstance(values, dict) and isinstance(cfg.get(group), dict):
             cfg[group].update(values)

@@ -134,6 +134,7 @@ class ControlPlane:
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._argv: dict[str, list[str]] = {}
         self._detach = False
+        self._ssl_ctx: ssl.SSLContext | None = None
 
     # ---- finding a running one -------------------------------------------------------
 
@@ -334,9 +335,7 @@ class ControlPlane:
         pids: dict[str, int] = dict(state.pids) if state else {}
         for name, proc in self._procs.items():
             pids.setdefault(name, proc.pid)
-        order = sorted(pids, key=lambda n: (0 if n.startswith("kubelet-") else
-                                            1 + COMPONENTS[::-1].index(n) if n in COMPONENTS else 0))
-        for name in order:
+        for name in sorted(pids, key=_stop_order):
             stop_pid(pids[name], grace=20.0 if name.startswith("kubelet-") else 10.0)
         for proc in self._procs.values():
             with contextlib.suppress(Exception):
@@ -396,10 +395,13 @@ class ControlPlane:
         self.state_file.write_text(json.dumps(asdict(self.state), indent=2))
 
     def _ssl(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(cafile=str(self.pki.ca.cert))
-        admin = self.pki.client("admin", "kubernetes-admin", "system:masters")
-        ctx.load_cert_chain(str(admin.cert), str(admin.key))
-        return ctx
+        """The admin's TLS context, made once (the readiness polls call this every 0.2 s)."""
+        if self._ssl_ctx is None:
+            ctx = ssl.create_default_context(cafile=str(self.pki.ca.cert))
+            admin = self.pki.client("admin", "kubernetes-admin", "system:masters")
+            ctx.load_cert_chain(str(admin.cert), str(admin.key))
+            self._ssl_ctx = ctx
+        return self._ssl_ctx
 
     def _get(self, server: str, path: str, timeout: float = 5) -> Any:
         try:
@@ -429,6 +431,12 @@ class ControlPlane:
                  if any(c["type"] == "Ready" and c["status"] == "True"
                         for c in n.get("status", {}).get("conditions", []))}
         return all(n.name in ready for n in self.nodes)
+
+
+def _stop_order(name: str) -> int:
+    """Kubelets (they stop their pods first) and the provisioner, then the components in
+    reverse start order: scheduler, controller-manager, API server, etcd last."""
+    return 1 + COMPONENTS[::-1].index(name) if name in COMPONENTS else 0
 
 
 def _tail(path: Path, n: int = 15) -> str:
