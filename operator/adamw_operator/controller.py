@@ -84,6 +84,8 @@ class Controller:
         self._event_seq = 0
         self._written: dict[Key, str] = {}  # resourceVersion of our last status write
         self._pods: dict[Key, tuple[str | None, WorkerObservation]] = {}
+        # per job: pod name -> its last observation, from the watch's DELETED event
+        self._vanished: dict[Key, dict[str, WorkerObservation]] = {}
 
     # Lifecycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -103,7 +105,7 @@ class Controller:
     def forget(self, namespace: str, name: str) -> None:
         key = (namespace, name)
         for table in (self._due, self._phase, self._rank0, self._failure_seen, self._error_backoff,
-                      self._written):
+                      self._written, self._vanished):
             table.pop(key, None)
         self.metrics.set_phase(namespace, name, None)
         lock = self._locks.get(key)
@@ -126,6 +128,7 @@ class Controller:
         key = (namespace, meta.get("name", ""))
         if event_type == "DELETED":
             self._pods.pop(key, None)
+            self._vanished.setdefault((namespace, job), {})[key[1]] = observe_pod(pod)
         else:
             seen = (meta.get("uid"), observe_pod(pod))
             if self._pods.get(key) == seen:
@@ -212,7 +215,8 @@ class Controller:
         owned = [p for p in pods if _owned_by(p, uid)]
         workers = [observe_pod(p) for p in owned]
         self._remember_rank0(key, spec, workers, status.get("attempt", 0))
-        plan = decide(spec=spec, status=status, workers=workers, now=now, generation=generation)
+        plan = decide(spec=spec, status=status, workers=workers, now=now, generation=generation,
+                      vanished=list(self._vanished.get(key, {}).values()))
         await self._apply(body, spec, plan, workers)
 
     async def _apply(self, body: dict[str, Any], spec: AdamWTrainingJobSpec, plan: Plan,

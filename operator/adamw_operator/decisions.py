@@ -17,6 +17,7 @@ Restarts that do not advance the last checkpoint step, several in a row, fail as
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -161,8 +162,11 @@ def decide(
     workers: list[WorkerObservation],
     now: datetime,
     generation: int | None = None,
+    vanished: Sequence[WorkerObservation] = (),
 ) -> Plan:
-    """The next step for one job."""
+    """The next step for one job. `vanished`: the last observation of worker pods that
+    were deleted before a fresh list could show how they ended (an evicted pod is often
+    gone by then), so a preemption is not mistaken for a lost pod."""
     st = copy.deepcopy(status or {})
     for key in ("attempt", "restarts", "preemptions", "restartsWithoutProgress"):
         st.setdefault(key, 0)
@@ -232,10 +236,16 @@ def decide(
     present = {w.rank for w in current}
     missing = [r for r in range(spec.replicas) if r not in present]
     if failure is None and missing and present and st.get("runningAttempt") == attempt:
-        failure = Failure(
-            "PodLost", missing[0], None,
-            f"worker pod(s) of rank {', '.join(map(str, missing))} disappeared while the job ran",
-        )
+        last = {w.rank: w for w in vanished if w.attempt == attempt}
+        ranks = ", ".join(map(str, missing))
+        # Preempted only if it was disrupted AND its container was seen to end (the SIGTERM
+        # path); a pod force-deleted from a lost node never reported an end: PodLost.
+        if all(r in last and last[r].disrupted and last[r].finished for r in missing):
+            failure = Failure("Preempted", missing[0], last[missing[0]].exit_code,
+                              f"worker pod(s) of rank {ranks} were preempted or evicted and deleted")
+        else:
+            failure = Failure("PodLost", missing[0], None,
+                              f"worker pod(s) of rank {ranks} disappeared while the job ran")
     if (failure is None and st.get("phase") == "Running" and spec.progress_deadline_seconds
             and st.get("progressAttempt") == attempt):  # armed once rank 0's /status answered
         last = parse_time(st.get("lastProgressTime"))

@@ -150,6 +150,23 @@ def test_pod_that_vanished_while_running_is_a_preemption():
     assert plan.delete_pods == ["demo-worker-0"] and plan.create_ranks == []
 
 
+def test_pod_deleted_after_an_eviction_before_the_operator_looked_is_a_preemption():
+    # The watch saw its last state (DisruptionTarget, exit 143); the fresh list no longer has it.
+    evicted = worker(1, exit_code=143, disrupted=True)
+    plan = decide(spec=spec_of(), status=running_status(), workers=[worker(0)], now=NOW,
+                  vanished=[evicted])
+    assert plan.status["preemptions"] == 1 and plan.status["restarts"] == 0
+    assert plan.status["lastFailure"]["reason"] == "Preempted"
+    # an earlier attempt's eviction says nothing about this attempt's missing pod
+    stale = decide(spec=spec_of(), status=running_status(), workers=[worker(0)], now=NOW,
+                   vanished=[worker(1, attempt=-1, exit_code=143, disrupted=True)])
+    assert stale.status["lastFailure"]["reason"] == "PodLost"
+    # a pod force-deleted from a lost node was disrupted but never reported an end
+    lost = decide(spec=spec_of(), status=running_status(), workers=[worker(0)], now=NOW,
+                  vanished=[worker(1, disrupted=True)])
+    assert lost.status["lastFailure"]["reason"] == "PodLost"
+
+
 def test_restart_budget_exhausted_fails():
     spec = spec_of(restartPolicy={"maxRestarts": 2, "backoffSeconds": 0, "maxBackoffSeconds": 0})
     plan = decide(spec=spec, status=running_status(restarts=2), workers=[worker(0, exit_code=1), worker(1)], now=NOW)
