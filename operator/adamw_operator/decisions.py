@@ -10,7 +10,10 @@ Failure classification (the exit-code contract of `adamw_trainer.exit_codes`):
     exit 143, eviction, preemption, node lost, pod vanished
                               -> gang restart on the preemption budget, no backoff
     anything else, a hang     -> gang restart on the restart budget, exponential backoff
-    exit 0 before maxSteps    -> a crash (a worker that exits 0 while others fail is not success)
+    exit 0 before maxSteps    -> a crash (a worker that exits 0 while others fail is not success),
+                                 unless its termination reason is TargetReached or EarlyStopped
+    exit 0 on every worker    -> Succeeded; the condition's reason is the trainer's
+                                 (Succeeded, TargetReached, EarlyStopped), never a string match
 Restarts that do not advance the last checkpoint step, several in a row, fail as NoProgress.
 """
 
@@ -22,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from adamw_trainer.exit_codes import ExitCode, ExitReason
+from adamw_trainer.exit_codes import EARLY_SUCCESS_REASONS, ExitCode, ExitReason, success_reason
 
 from .api.checks import runtime_problems
 from .api.spec import AdamWTrainingJobSpec
@@ -96,7 +99,8 @@ def classify(workers: list[WorkerObservation], max_steps: int) -> Failure | None
         w = failed[0]
         return Failure("Crashed", w.rank, w.exit_code, _describe(w))
     for w in sorted(workers, key=lambda w: w.rank):
-        if w.exit_code == 0 and w.termination is not None and w.termination.step < max_steps:
+        early = w.exit_code == 0 and w.termination is not None and w.termination.step < max_steps
+        if early and success_reason(w.exit_code, w.termination) not in EARLY_SUCCESS_REASONS:
             return Failure(
                 "ExitedEarly",
                 w.rank,
@@ -142,13 +146,21 @@ def _checkpoint_step(status: dict[str, Any], workers: list[WorkerObservation]) -
 
 
 def _record_exit_messages(status: dict[str, Any], workers: list[WorkerObservation]) -> None:
-    """Fold what finished workers said (step, last good checkpoint) into the status."""
+    """Fold what finished workers said (step, last good checkpoint, validation losses) into
+    the status: the last /status poll may predate the last evaluation."""
     for w in workers:
         t = w.termination
         if not t or w.rank != 0:
             continue
         if t.step and (status.get("step") or 0) < t.step:
             status["step"] = t.step
+        if t.validation_loss is not None:
+            status["validationLoss"] = round(t.validation_loss, 6)
+        if t.best_validation_loss is not None:
+            status["bestValidationLoss"] = round(t.best_validation_loss, 6)
+        best = status.get("bestCheckpoint") or {}
+        if t.best_checkpoint_step is not None and best.get("step") != t.best_checkpoint_step:
+            status["bestCheckpoint"] = {"step": t.best_checkpoint_step, "validationLoss": status.get("bestValidationLoss")}
         good = t.last_good_checkpoint_step
         known = (status.get("lastGoodCheckpoint") or {}).get("step", -1)
         if good is not None and good > known:
@@ -265,15 +277,13 @@ def decide(
     if len(current) == spec.replicas and current and all(
         w.exit_code == 0 or (w.phase == "Succeeded" and w.exit_code is None) for w in current
     ):
+        reason = _success(st, spec, current, now)
         st["phase"] = "Succeeded"
         st["completionTime"] = rfc3339(now)
-        st["message"] = f"all {spec.replicas} worker(s) finished training"
-        if st.get("step") is None or st["step"] < st["maxSteps"]:
-            st["step"] = st["maxSteps"]
         st.pop("restartAfterTime", None)
-        set_condition(st, "Succeeded", True, "Succeeded", st["message"], now, generation)
-        set_condition(st, "Running", False, "Succeeded", "", now, generation)
-        plan.events.append(Event("Normal", "Succeeded", st["message"]))
+        set_condition(st, "Succeeded", True, reason.value, st["message"], now, generation)
+        set_condition(st, "Running", False, reason.value, "", now, generation)
+        plan.events.append(Event("Normal", reason.value, st["message"]))
         plan.delete_pods += _cleanup(spec.clean_pod_policy, current)
         _ttl(plan, spec, st, now)
         return plan
@@ -320,6 +330,28 @@ def decide(
             st["message"] += f"; rank {stuck.rank}: {stuck.waiting}"
         set_condition(st, "Running", False, "WorkersPending", st["message"], now, generation)
     return plan
+
+
+def _success(st: dict[str, Any], spec: AdamWTrainingJobSpec, current: list[WorkerObservation],
+             now: datetime) -> ExitReason:
+    """How the job succeeded (rank 0's termination reason) and its status fields."""
+    rank0 = next((w for w in current if w.rank == 0), current[0])
+    reason = success_reason(0, rank0.termination) or ExitReason.SUCCEEDED
+    told = rank0.termination.message if rank0.termination and rank0.termination.message else ""
+    if reason is ExitReason.SUCCEEDED:
+        st["message"] = f"all {spec.replicas} worker(s) finished training"
+        if st.get("step") is None or st["step"] < st["maxSteps"]:
+            st["step"] = st["maxSteps"]
+        return reason
+    st["message"] = f"{reason.value}: {told}" if told else f"{reason.value} at step {st.get('step')}"
+    if rank0.termination is not None and rank0.termination.step:
+        st["step"] = rank0.termination.step
+    if reason is ExitReason.TARGET_REACHED:
+        st["stepsToTarget"] = st.get("step")
+        start = parse_time(st.get("startTime"))
+        if start is not None:
+            st["timeToTargetSeconds"] = round((now - start).total_seconds(), 3)
+    return reason
 
 
 def _resize(plan: Plan, spec: AdamWTrainingJobSpec, current: list[WorkerObservation],

@@ -37,7 +37,16 @@ def _checkpoint(ref: Any) -> dict[str, Any] | None:
     when = _time(ref.get("time"))
     if when:
         out["time"] = when
+    val = _number(ref.get("validationLoss"))
+    if val is not None:
+        out["validationLoss"] = round(val, 6)
     return out
+
+
+def _tracking(ref: Any) -> dict[str, Any] | None:
+    if not isinstance(ref, dict) or not isinstance(ref.get("runId"), str):
+        return None
+    return {k: ref[k] for k in ("runId", "experimentId", "url") if isinstance(ref.get(k), str)}
 
 
 def fold_progress(
@@ -57,16 +66,20 @@ def fold_progress(
         if first_read or step != status.get("step"):
             patch["lastProgressTime"] = rfc3339(now)
         patch["step"] = step
-    for key, name in (("loss", "loss"), ("nonfiniteRate", "nonfiniteRate"), ("tokensPerSecond", "tokensPerSecond")):
+    for key, name in (("loss", "loss"), ("nonfiniteRate", "nonfiniteRate"), ("tokensPerSecond", "tokensPerSecond"),
+                      ("validationLoss", "validationLoss"), ("bestValidationLoss", "bestValidationLoss")):
         value = _number(report.get(key))
         if value is not None:
             patch[name] = round(value, 6)
-        elif key == "loss" and key in report:
+        elif key in ("loss", "validationLoss") and key in report:
             patch[name] = None  # a NaN loss: show nothing rather than a stale number
-    for key in ("lastCheckpoint", "lastGoodCheckpoint"):
+    for key in ("lastCheckpoint", "lastGoodCheckpoint", "bestCheckpoint"):
         ref = _checkpoint(report.get(key))
         if ref is not None:
             patch[key] = ref
+    tracking = _tracking(report.get("tracking"))
+    if tracking is not None:
+        patch["tracking"] = tracking
     save = _number(report.get("checkpointSaveSeconds"))  # the trainer's longest measured save
     if save is not None:
         patch["checkpointSaveSeconds"] = round(save, 3)

@@ -61,7 +61,7 @@ def test_crd_shape():
     version = spec["versions"][0]
     assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns == ["State", "Step", "Loss", "NaN-Rate", "Restarts", "Last-Checkpoint", "Age"]
+    assert columns == ["State", "Step", "Loss", "Val-Loss", "NaN-Rate", "Restarts", "Last-Checkpoint", "Age"]
     status = openapi_schema(crd)["properties"]["status"]
     for column in version["additionalPrinterColumns"]:
         path = column["jsonPath"].lstrip(".").split(".")
@@ -143,6 +143,11 @@ REFUSED = [
     ({"trainer": {"model": {"source": "huggingface", "huggingface": {
         "path": "/m", "config": {"model_type": "llama"}}}}}, "either path or config"),
     ({"trainer": {"finetune": {"lora": {"rank": 8}}}}, "finetune.lora needs model.source"),
+    ({"trainer": {"training": {"targetValidationLoss": 0}}}, "targetValidationLoss"),
+    ({"trainer": {"training": {"earlyStopping": {"patience": -1}}}}, "patience"),
+    ({"trainer": {"training": {"earlyStopping": {"patience": 3, "minDelta": -0.1}}}}, "minDelta"),
+    ({"trainer": {"training": {"targetValidationLoss": 1.5}, "data": {"evalIntervalSteps": 0}}},
+     "need data.evalIntervalSteps > 0"),
     ({"trainer": {"model": {"source": "gpt"}, "finetune": {"lora": {}}}}, "finetune.lora needs model.source"),
     ({"trainer": {"model": {"source": "huggingface", "huggingface": {"path": "/m", "dtype": "bfloat16"}}}},
      "dtype other than float32 needs finetune.lora"),

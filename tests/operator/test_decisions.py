@@ -374,3 +374,45 @@ def test_a_pod_on_an_unreachable_node_is_still_a_member_until_it_vanishes():
 def test_a_rank_not_yet_created_is_not_lost():
     plan = decide(spec=spec_of(), status={"phase": "Pending", "attempt": 0}, workers=[worker(0)], now=NOW)
     assert plan.create_ranks == [1] and plan.status["preemptions"] == 0
+
+
+def converged(rank, reason, step=60, **fields):
+    """A worker that exited 0 at `step` with a successful-early-stop termination message."""
+    termination = TerminationMessage(reason=reason, exit_code=0, step=step, last_good_checkpoint_step=step,
+                                     message=f"{reason} at step {step}", **fields)
+    return WorkerObservation(name=f"demo-worker-{rank}", rank=rank, attempt=0, phase="Succeeded",
+                             exit_code=0, termination=termination, world_size=2)
+
+
+@pytest.mark.parametrize("reason", ["TargetReached", "EarlyStopped"])
+def test_a_successful_early_stop_is_succeeded_with_its_reason_never_exited_early(reason):
+    st = running_status(startTime=rfc3339(NOW - timedelta(seconds=90)))
+    fields = dict(validation_loss=1.7, best_validation_loss=1.6, best_checkpoint_step=50)
+    plan = decide(spec=spec_of(), status=st, now=NOW,
+                  workers=[converged(0, reason, **fields), converged(1, reason)])
+    st = plan.status
+    assert st["phase"] == "Succeeded" and "lastFailure" not in st
+    assert get_condition(st, "Succeeded")["reason"] == reason
+    assert [e.reason for e in plan.events] == [reason]
+    assert st["step"] == 60  # where it stopped, not maxSteps
+    assert st["validationLoss"] == 1.7 and st["bestValidationLoss"] == 1.6
+    assert st["bestCheckpoint"] == {"step": 50, "validationLoss": 1.6}
+    if reason == "TargetReached":
+        assert st["stepsToTarget"] == 60 and st["timeToTargetSeconds"] == 90  # restarts included
+    else:
+        assert "stepsToTarget" not in st and "timeToTargetSeconds" not in st
+
+
+def test_rank0_reached_the_target_while_rank1_still_runs_waits_for_it():
+    plan = decide(spec=spec_of(), status=running_status(), now=NOW,
+                  workers=[converged(0, "TargetReached"), worker(1)])
+    assert plan.status["phase"] == "Running" and "lastFailure" not in plan.status
+
+
+def test_a_nonzero_exit_is_never_a_success_whatever_the_message_says():
+    lying = WorkerObservation(name="demo-worker-1", rank=1, attempt=0, phase="Failed", exit_code=1,
+                              termination=TerminationMessage(reason="TargetReached", exit_code=0, step=60),
+                              world_size=2)
+    plan = decide(spec=spec_of(), status=running_status(), now=NOW,
+                  workers=[converged(0, "TargetReached"), lying])
+    assert plan.status["phase"] == "Restarting" and plan.status["lastFailure"]["reason"] == "Crashed"

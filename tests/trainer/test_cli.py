@@ -33,6 +33,10 @@ def termination(tmp_path) -> dict:
         ("optimizer", {"betas": [0.9, 1.0]}, "optimizer.betas"),
         ("training", {"maxSteps": 10, "bogusField": 1}, "training.bogusField"),
         ("model", {"width": "wide"}, "model.width"),
+        ("training", {"targetValidationLoss": 0}, "training.targetValidationLoss"),
+        ("training", {"earlyStopping": {"patience": -1}}, "training.earlyStopping.patience"),
+        # small_config turns evaluation off: a target could never be reached
+        ("training", {"targetValidationLoss": 1.5}, "data.evalIntervalSteps"),
     ],
 )
 def test_invalid_config_exits_2_naming_the_field(tmp_path, group, values, field):

@@ -40,7 +40,13 @@ def config(tmp_path: Path, port: int = 0) -> Path:
 def final_state(ckpt_dir: Path, step: int = MAX_STEPS) -> dict:
     info = CheckpointStore(ckpt_dir).verify(step)
     # The .pt files; config.json names this run's own paths and ports, so it differs.
-    return {name: torch.load(info.path / name, weights_only=True) for name in info.files if name.endswith(".pt")}
+    state = {name: torch.load(info.path / name, weights_only=True) for name in info.files if name.endswith(".pt")}
+    for key in WALL_CLOCK:  # when the run started and when its best evaluation happened
+        state.get("train_state.pt", {}).get("convergence", {}).pop(key, None)
+    return state
+
+
+WALL_CLOCK = ("started_at", "best_time")
 
 
 def assert_bit_identical(a, b, where: str = "") -> None:

@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     env = DistEnv.from_env()
     trainer = None
+    outcome: str | None = None  # recorded in experiment tracking when the trainer closes
     try:
         trainer = Trainer(cfg, env=env, config_hash=config_hash)
         if applied:
@@ -126,15 +127,20 @@ def main(argv: list[str] | None = None) -> int:
             worldSize=env.world_size,
         )
         code = trainer.run()
+        reason = trainer.exit_reason if code == ExitCode.SUCCEEDED and trainer.exit_reason else reason_for_exit_code(code)
+        outcome = reason.value
     except DataError as err:
         # A data problem is a configuration problem: restarting cannot fix it.
         print(f"adamw-train: invalid data: {err}", file=sys.stderr)
+        outcome = ExitReason.INVALID_CONFIG.value
         return _invalid_config(str(err), termination_path)
     except ModelError as err:
         # So is a model that cannot be built (missing path, entry point that does not import).
         print(f"adamw-train: invalid model: {err}", file=sys.stderr)
+        outcome = ExitReason.INVALID_CONFIG.value
         return _invalid_config(str(err), termination_path)
     except Exception as err:
+        outcome = ExitReason.CRASHED.value
         # A crash is retryable; say what happened where `kubectl describe pod` shows it.
         TerminationMessage(
             reason=ExitReason.CRASHED.value,
@@ -146,15 +152,19 @@ def main(argv: list[str] | None = None) -> int:
         raise
     finally:
         if trainer is not None:
-            trainer.close()
+            trainer.close(outcome)
         destroy_process_group()
 
+    convergence = trainer.convergence
     TerminationMessage(
-        reason=reason_for_exit_code(code).value,
+        reason=reason.value,
         exit_code=int(code),
         step=trainer.step,
         last_good_checkpoint_step=trainer.last_good_checkpoint_step,
         message=trainer.exit_message or f"stopped at step {trainer.step} of {cfg.training.max_steps}",
+        validation_loss=convergence.last_loss,
+        best_validation_loss=convergence.best_loss,
+        best_checkpoint_step=trainer.checkpoints.best_step,
     ).write(termination_path)
     return int(code)
 

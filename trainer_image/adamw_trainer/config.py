@@ -451,6 +451,25 @@ class ScheduleConfig(CamelModel):
     )
 
 
+class EarlyStoppingConfig(CamelModel):
+    """Stop, successfully, when validation loss no longer improves (reason EarlyStopped)."""
+
+    patience: int = Field(
+        ...,
+        ge=1,
+        le=100000,
+        description="Evaluations (every `data.evalIntervalSteps` steps) in a row without an "
+        "improvement of at least `minDelta` before training stops.",
+    )
+    min_delta: float = Field(
+        0.0,
+        ge=0.0,
+        le=1000.0,
+        description="How much lower than the best so far a validation loss must be to count as an "
+        "improvement.",
+    )
+
+
 class TrainingConfig(CamelModel):
     max_steps: int = Field(1000, ge=1, description="Optimizer steps to train for.")
     batch_size: int = Field(16, ge=1, le=65536, description="Sequences per micro-batch per rank.")
@@ -468,6 +487,18 @@ class TrainingConfig(CamelModel):
     )
     threads: int = Field(
         0, ge=0, le=1024, description="torch CPU threads (0 keeps torch's default)."
+    )
+    target_validation_loss: float | None = Field(
+        None,
+        gt=0.0,
+        le=1_000_000.0,
+        description="Stop, successfully, at the first evaluation whose validation loss is at or "
+        "below this (a checkpoint is saved; reason TargetReached). Needs `data.evalIntervalSteps`.",
+    )
+    early_stopping: EarlyStoppingConfig | None = Field(
+        None,
+        description="Stop, successfully, when validation loss stopped improving (reason "
+        "EarlyStopped). Needs `data.evalIntervalSteps`.",
     )
 
 
@@ -497,6 +528,12 @@ class CheckpointConfig(CamelModel):
         True, description="Snapshot to host memory and write in a background thread."
     )
     resume: bool = Field(True, description="Resume from the newest valid checkpoint on start.")
+    save_best: bool = Field(
+        True,
+        description="Save a checkpoint at each evaluation that lowers the best validation loss, so "
+        "the best checkpoint (`<dir>/best`) holds the evaluated weights; kept by keepLatest pruning. "
+        "Costs a save per improvement (asynchronous, a host snapshot on the step).",
+    )
     preemption_save_timeout_seconds: float = Field(
         60.0,
         gt=0.0,
@@ -522,6 +559,53 @@ class DivergenceConfig(CamelModel):
     )
 
 
+class MlflowConfig(CamelModel):
+    """Record the run in an MLflow tracking server (rank 0 only, off the training thread).
+
+    Credentials come from the environment, never from the spec: `MLFLOW_TRACKING_TOKEN`, or
+    `MLFLOW_TRACKING_USERNAME` and `MLFLOW_TRACKING_PASSWORD`, set through `pod.env` from a
+    Secret (`valueFrom.secretKeyRef`).
+    """
+
+    tracking_uri: str = Field(
+        ...,
+        min_length=1,
+        max_length=2000,
+        description="The tracking server, e.g. http://mlflow.mlflow.svc:5000.",
+    )
+    experiment: str = Field(
+        "adamw",
+        min_length=1,
+        max_length=500,
+        description="Experiment the run is recorded in (created when missing).",
+    )
+    run_name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=250,
+        description="Name of the run. Unset: `<namespace>/<job name>` (just the config hash outside "
+        "a job).",
+    )
+    log_checkpoints: bool = Field(
+        False,
+        description="Upload each checkpoint's files as run artifacts (rank 0). Off: only a "
+        "reference (path, step, sha256, known-good) is recorded.",
+    )
+    queue_size: int = Field(
+        1000,
+        ge=10,
+        le=1_000_000,
+        description="Pending records kept while the server is slow or down; beyond it metric points "
+        "are dropped (and counted in adamw_tracking_dropped_total), never a training step.",
+    )
+
+
+class TrackingConfig(CamelModel):
+    """Experiment tracking: where each run, its parameters and its metrics are recorded."""
+
+    mlflow: MlflowConfig | None = Field(None, description="An MLflow tracking server.")
+
+
 class TrainerConfig(CamelModel):
     """Everything the trainer needs, grouped by concern. Every field has a default."""
 
@@ -539,6 +623,9 @@ class TrainerConfig(CamelModel):
     )
     divergence: DivergenceConfig = Field(
         default_factory=DivergenceConfig, description="What to do when steps keep going NaN."
+    )
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig, description="Experiment tracking (MLflow)."
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="`auto` picks CUDA when available, else CPU."
@@ -574,6 +661,16 @@ class TrainerConfig(CamelModel):
                     "path); point it at a Hugging Face tokenizer directory"
                 )
             self.data.tokenizer.path = hf.path  # the model's own tokenizer, shown in the resolved config
+        t = self.training
+        wants = [name for name, on in (("targetValidationLoss", t.target_validation_loss is not None),
+                                       ("earlyStopping", t.early_stopping is not None)) if on]
+        no_split = self.data.validation_fraction == 0 and self.data.source != "synthetic"
+        if wants and (self.data.eval_interval_steps == 0 or no_split):
+            raise ValueError(
+                f"training.{wants[0]} acts on validation loss, but data.evalIntervalSteps is "
+                f"{self.data.eval_interval_steps} and data.validationFraction is "
+                f"{self.data.validation_fraction}; set both above 0, or remove training.{wants[0]}"
+            )
         if self.data.source in ("stdlib", "text") and self.model.vocab_size < 256:
             raise ValueError(
                 f"model.vocabSize is {self.model.vocab_size} but data.source "

@@ -3,17 +3,30 @@
 The trainer exits with one of these codes and writes a JSON termination message; the
 operator (and the local runner) map them to actions. Anything not listed is a crash.
 
-    0    Succeeded       training reached maxSteps; every rank must exit 0
+    0    Succeeded       training finished; every rank must exit 0. The termination
+                         message's reason says how (`SUCCESS_REASONS`):
+           Succeeded       it reached maxSteps
+           TargetReached   an evaluation reached training.targetValidationLoss
+           EarlyStopped    validation loss stopped improving (training.earlyStopping)
     2    InvalidConfig   permanent: restarting cannot help
     3    Diverged        non-finite steps exhausted the divergence policy
     143  Preempted       SIGTERM (128+15) *after* a checkpoint was saved
     else Crashed         retryable; uses the restart budget
+
+The successful early stops share exit code 0 rather than taking codes of their own: the
+kubelet marks a container Succeeded only on 0, torchrun (several GPUs per pod) reports 0
+only when every local worker did and collapses any other code to 1, and a job controller
+that knows nothing of this contract still reads them as success. Which success it was is
+the termination message's `reason` (every rank agrees on the stop and writes the same
+one); `success_reason` reads it. A message can name a success reason, but never turn a
+non-zero exit into a success.
 """
 
 from __future__ import annotations
 
 import enum
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +44,8 @@ class ExitReason(enum.StrEnum):
     """CamelCase reasons, used in termination messages, conditions and events."""
 
     SUCCEEDED = "Succeeded"
+    TARGET_REACHED = "TargetReached"
+    EARLY_STOPPED = "EarlyStopped"
     INVALID_CONFIG = "InvalidConfig"
     DIVERGED = "Diverged"
     PREEMPTED = "Preempted"
@@ -45,12 +60,30 @@ _REASON_BY_CODE = {
 }
 
 
+EARLY_SUCCESS_REASONS = frozenset({ExitReason.TARGET_REACHED, ExitReason.EARLY_STOPPED})
+"""Successful stops before maxSteps: exit 0 with one of these reasons is not an early exit."""
+
+SUCCESS_REASONS = frozenset({ExitReason.SUCCEEDED, *EARLY_SUCCESS_REASONS})
+
+
 def reason_for_exit_code(code: int) -> ExitReason:
     """Map a process exit code to its reason; unknown codes (and signals) are crashes."""
     try:
         return _REASON_BY_CODE[ExitCode(code)]
     except ValueError:
         return ExitReason.CRASHED
+
+
+def success_reason(exit_code: int | None, message: TerminationMessage | None) -> ExitReason | None:
+    """How a process that exited `exit_code` succeeded; None when it did not (non-zero).
+
+    Exit 0 with an early-success reason in its termination message is that reason; any
+    other exit 0 (no message, or another reason) is plain Succeeded.
+    """
+    if exit_code != 0:
+        return None
+    told = message.reason if message is not None else None
+    return ExitReason(told) if told in EARLY_SUCCESS_REASONS else ExitReason.SUCCEEDED
 
 
 @dataclass
@@ -62,6 +95,11 @@ class TerminationMessage:
     step: int = 0
     last_good_checkpoint_step: int | None = None
     message: str = ""
+    # Convergence at the stop (issue 13), so the job status has it even when the last
+    # /status poll came before the last evaluation.
+    validation_loss: float | None = None
+    best_validation_loss: float | None = None
+    best_checkpoint_step: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -83,6 +121,9 @@ class TerminationMessage:
             step=int(data.get("step", 0)),
             last_good_checkpoint_step=data.get("lastGoodCheckpointStep"),
             message=data.get("message", ""),
+            validation_loss=_float_or_none(data.get("validationLoss")),
+            best_validation_loss=_float_or_none(data.get("bestValidationLoss")),
+            best_checkpoint_step=_int_or_none(data.get("bestCheckpointStep")),
             extra=data.get("extra", {}) or {},
         )
 
@@ -93,6 +134,16 @@ class TerminationMessage:
             return True
         except OSError:
             return False
+
+
+def _float_or_none(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _camel(name: str) -> str:

@@ -2,6 +2,7 @@
 
     adamw-train export --checkpoint checkpoints/step-400 --out exported/
     adamw-train export --checkpoint checkpoints --out merged/ --merge     # newest valid step
+    adamw-train export --checkpoint checkpoints/best --out best/             # lowest validation loss
 
 The checkpoint's `config.json` (the resolved trainer config) says how to rebuild the
 model; the model is rebuilt exactly as the trainer built it (same seed, `initFrom`, LoRA)
@@ -36,7 +37,7 @@ import numpy as np
 import torch
 
 from .checkpoint.payload import CONFIG_FILE, load_model_file, load_model_state
-from .checkpoint.store import CheckpointError, CheckpointStore
+from .checkpoint.store import BEST_ALIAS, CheckpointError, CheckpointStore
 from .config import ConfigError, TrainerConfig, load_config, parse_config
 from .exit_codes import ExitCode
 from .finetune import checkpoint_step_dir
@@ -135,7 +136,7 @@ def tokenizer_dir(cfg: TrainerConfig) -> Path | None:
 def export(checkpoint: Path, out: Path, *, merge: bool = False, config: Path | None = None) -> dict[str, Any]:
     """Write the Hugging Face directory; returns what was written (for the log line)."""
     offline()
-    if not checkpoint.exists():
+    if not checkpoint.exists() and not (checkpoint.name == BEST_ALIAS and checkpoint.parent.is_dir()):
         raise ExportError(f"--checkpoint {checkpoint} does not exist")
     step_dir = checkpoint_step_dir(checkpoint)
     if step_dir is None:
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="adamw-train export",
         description="Write a checkpoint as a Hugging Face directory (config, safetensors, tokenizer).",
     )
-    p.add_argument("--checkpoint", required=True, type=Path, help="a step-N folder, or a checkpoint dir (newest valid)")
+    p.add_argument("--checkpoint", required=True, type=Path, help="a step-N folder, a checkpoint dir (newest valid), or DIR/best (lowest validation loss)")
     p.add_argument("--out", required=True, type=Path, help="directory to write")
     p.add_argument("--merge", action="store_true", help="merge LoRA adapters into the base weights")
     p.add_argument("--config", type=Path, help="the run's trainer config (when the checkpoint has none)")

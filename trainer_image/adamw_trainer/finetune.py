@@ -2,7 +2,8 @@
 
     finetune:
       initFrom: /models/base              # a Hugging Face directory (safetensors), or
-      # initFrom: /checkpoints/pretrain/step-20000   this trainer's checkpoint (or its dir)
+      # initFrom: /checkpoints/pretrain/step-20000   this trainer's checkpoint (or its dir, or
+      #                                            its dir + /best: lowest validation loss)
       lora: {rank: 16, alpha: 32, dropout: 0.05, targetModules: [q_proj, v_proj]}
 
 `prepare(built, cfg)` runs at every start, before a resume: `initFrom` weights are loaded
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 from .checkpoint.payload import MODEL_FILE, load_model_file
-from .checkpoint.store import MANIFEST, CheckpointError, CheckpointStore
+from .checkpoint.store import BEST_ALIAS, MANIFEST, CheckpointError, CheckpointStore
 from .config import LoraConfig, TrainerConfig
 from .models import BuiltModel, ModelError
 
@@ -47,9 +48,18 @@ def lora_host(built: BuiltModel) -> nn.Module:
 
 
 def checkpoint_step_dir(path: Path) -> Path | None:
-    """A `step-N` folder for `path` (itself, or the newest valid one under it); None if not a checkpoint."""
+    """A `step-N` folder for `path` (itself, the newest valid one under it, or for `<dir>/best`
+    the best one of `<dir>`); None if not a checkpoint."""
     if (path / MANIFEST).is_file():
         return path
+    if path.name == BEST_ALIAS and not path.exists() and CheckpointStore(path.parent).steps():
+        best = CheckpointStore(path.parent).best()
+        if best is None:
+            raise ModelError(
+                f"{INIT_FIELD}: {path.parent} has no best checkpoint (none was saved at an "
+                "evaluation with a finite validation loss); name a step-N folder instead"
+            )
+        return best.path
     store = CheckpointStore(path)
     if not store.steps():
         return None

@@ -71,6 +71,14 @@ class TrainerMetrics:
         self.validation_loss = gauge(
             "adamw_validation_loss", "Mean loss on the held-out validation split."
         )
+        self.best_validation_loss = gauge(
+            "adamw_best_validation_loss", "Lowest validation loss of the run so far (kept across restarts)."
+        )
+        self.time_to_target_seconds = gauge(
+            "adamw_time_to_target_seconds",
+            "Wall time from the run's first start (restarts included) to the evaluation that reached "
+            "training.targetValidationLoss; NaN until it is reached.",
+        )
         self.memory_peak = gauge(
             "adamw_memory_peak_bytes",
             "Peak device memory allocated (CUDA) or peak resident memory of the process (CPU).",
@@ -78,6 +86,8 @@ class TrainerMetrics:
         # No loss has been measured yet: NaN says so, where 0 would look like a perfect model.
         self.train_loss.set(float("nan"))
         self.validation_loss.set(float("nan"))
+        self.best_validation_loss.set(float("nan"))
+        self.time_to_target_seconds.set(float("nan"))
         self.info = Info("adamw_trainer", "Trainer build and run description.", labels, registry=r)
         # One series per AdamW parameter group: as many as the config's rules (and depths
         # under layer-wise lr decay) resolve to, fixed at start, so the label stays bounded.

@@ -11,6 +11,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 
@@ -38,11 +39,15 @@ class RunLog:
         self.tty = self.stream.isatty() if tty is None else tty
         self._line_open = False
         self._last_draw = 0.0
+        # Called with (event, fields) for every record (experiment tracking); they must not block.
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
 
     def event(self, event: str, **fields: Any) -> None:
         """One log record: a JSON line, or on a terminal `event key=value ...`."""
         if not self.enabled:
             return
+        for listener in self.listeners:
+            listener(event, fields)
         if self.tty:
             self._end_line()
             parts = " ".join(f"{k}={_fmt(v)}" for k, v in fields.items() if not isinstance(v, dict))

@@ -40,10 +40,11 @@ from .checkpoint.metrics import FaultToleranceMetrics, restart_count
 from .checkpoint.payload import HostSnapshot, Payload, capture, restore
 from .checkpoint.store import CheckpointInfo, CheckpointMeta
 from .config import TrainerConfig
+from .convergence import Convergence, Verdict
 from .data import BatchSource
 from .distributed import DistEnv, all_reduce_mean, init_process_group, resolve_device
 from .divergence import Action, DivergencePolicy, NanGradFault
-from .exit_codes import ExitCode
+from .exit_codes import ExitCode, ExitReason
 from .finetune import prepare as prepare_finetune
 from .metrics import MetricsServer, Status, TrainerMetrics
 from .models import build_model, count_parameters
@@ -51,6 +52,7 @@ from .optim import GuardedAdamW, describe_groups, param_groups
 from .preemption import PREEMPTION_SAVE_FAILED_EXIT_CODE, PreemptionWatcher
 from .progress import RunLog
 from .schedule import lr_at
+from .tracking import Tracker, make_tracker
 
 # Dense bf16/fp16 tensor-core peaks (FLOP/s) for model-FLOPs utilisation; unknown → no MFU.
 PEAK_FLOPS_16BIT = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
@@ -191,6 +193,17 @@ class Trainer:
         # Longest run of skipped steps since the last log interval (device-side, no sync).
         self._longest_streak = torch.zeros((), device=self.device)
         self.exit_message = ""  # why the run stopped, for the termination message
+        self.exit_reason: ExitReason | None = None  # set by a successful early stop
+        # Targets, early stopping and the best checkpoint (issue 13); its clock starts at
+        # the run's first start and travels in the checkpoints.
+        self.convergence = Convergence(t, started_at=time.time())
+        self._eval_at: tuple[int, float] | None = None  # (step, validation loss) of the last eval
+        # Experiment tracking (MLflow), rank 0 only, off the training thread.
+        self.tracker: Tracker = make_tracker(
+            cfg, rank=self.env.rank, config_hash=self.config_hash, registry=self.metrics.registry,
+            status=self.status.update,
+        )
+        self.log.listeners.append(self.tracker.on_event)
         self.status.update(
             lastCheckpoint=None,
             lastGoodCheckpoint=None,
@@ -198,6 +211,12 @@ class Trainer:
             rollbacks=0,
             restarts=restart_count(),
             resumedFromStep=None,
+            bestCheckpoint=None,
+            bestValidationLoss=None,
+            stepsToTarget=None,
+            timeToTargetSeconds=None,
+            stopReason=None,
+            tracking=None,
         )
 
         # Interval accumulators (device-side).
@@ -269,6 +288,7 @@ class Trainer:
             self.preemption.install()
         try:
             self.resume()
+            self.tracker.begin(self.step)
             self.status.update(phase="Training", step=self.step)
             max_steps = self.cfg.training.max_steps
             self._interval_start = self._last_step_end = time.perf_counter()
@@ -283,14 +303,15 @@ class Trainer:
                     code = self.on_interval(counters)
                     if code is not None:
                         return code
-                if self._eval_due():
-                    self.evaluate()
+                if self._eval_due() and self.on_evaluation(self.evaluate()).stop is not None:
+                    break  # the target was reached, or early stopping: the final save is next
                 self.maybe_checkpoint()
             code = self.finish()
             if code is not None:
                 return code
-            self.status.update(phase="Succeeded")
-            self.log.event("done", step=self.step, tokensSeen=self.tokens_seen)
+            reason = self.exit_reason or ExitReason.SUCCEEDED
+            self.status.update(phase="Succeeded", stopReason=reason.value)
+            self.log.event("done", step=self.step, tokensSeen=self.tokens_seen, reason=reason.value)
             return ExitCode.SUCCEEDED
         finally:
             self.preemption.uninstall()
@@ -452,6 +473,40 @@ class Trainer:
         self._last_step_end += spent
         return val
 
+    def on_evaluation(self, val: float) -> Verdict:
+        """Targets, early stopping and the best checkpoint, from one validation loss.
+
+        Every rank sees the same all-reduced loss, so every rank reaches the same verdict
+        without another collective. A new best is saved now (`checkpoint.saveBest`), so the
+        best checkpoint holds the weights that were evaluated.
+        """
+        self._eval_at = (self.step, val)
+        verdict = self.convergence.observe(self.step, val, time.time())
+        self._publish_convergence()
+        if verdict.improved and self.cfg.checkpoint.save_best and self.checkpoints.writes:
+            if not self.checkpoints.saved_current(self.step) and self.step < self.cfg.training.max_steps:
+                self.checkpoints.save(self._checkpoint_meta(), self._capture)
+        if verdict.stop is not None:
+            self.exit_reason = verdict.stop
+            self.exit_message = verdict.message
+            c = self.convergence
+            if verdict.stop is ExitReason.TARGET_REACHED:
+                self.status.update(stepsToTarget=c.target_step, timeToTargetSeconds=c.target_seconds)
+                if c.target_seconds is not None:
+                    self.metrics.time_to_target_seconds.set(c.target_seconds)
+            self.log.event(
+                "target-reached" if verdict.stop is ExitReason.TARGET_REACHED else "early-stopped",
+                step=self.step, validationLoss=val, bestValidationLoss=c.best_loss, bestStep=c.best_step,
+                secondsSinceStart=c.target_seconds, reason=verdict.message,
+            )
+        return verdict
+
+    def _publish_convergence(self) -> None:
+        best = self.convergence.best_loss
+        if best is not None:
+            self.metrics.best_validation_loss.set(best)
+        self.status.update(bestValidationLoss=best)
+
     # ----- checkpointing, preemption and divergence (issue 3) ------------------------
 
     def train_state(self) -> dict[str, Any]:
@@ -460,6 +515,8 @@ class Trainer:
             "step": self.step,
             "tokens_seen": self.tokens_seen,
             "divergence": self.divergence.state_dict(),
+            "convergence": self.convergence.state_dict(),
+            "tracking": self.tracker.state_dict(),
         }
 
     def _capture(self) -> Payload:
@@ -481,6 +538,7 @@ class Trainer:
             config_hash=self.config_hash,
             world_size=self.env.world_size,
             tokens_seen=self.tokens_seen,
+            validation_loss=self._eval_at[1] if self._eval_at and self._eval_at[0] == self.step else None,
         )
 
     def _restore(self, info: CheckpointInfo, payload: Payload, *, keep_policy: bool) -> None:
@@ -488,8 +546,11 @@ class Trainer:
         state = restore(payload, self.raw_model, self.optimizer)
         self.step = int(state["step"])
         self.tokens_seen = int(state["tokens_seen"])
-        if not keep_policy:
+        if not keep_policy:  # a rollback keeps its counters, and the best loss seen so far
             self.divergence.load_state_dict(state.get("divergence", {}))
+            self.convergence.load_state_dict(state.get("convergence", {}))
+            self.tracker.load_state_dict(state.get("tracking", {}))
+            self._publish_convergence()
         self.lr_scale = self.divergence.lr_scale
         self._nonfinite_read = int(self.optimizer.nonfinite_total.item())
         self._longest_streak.zero_()
@@ -611,8 +672,10 @@ class Trainer:
     def last_good_checkpoint_step(self) -> int | None:
         return self.checkpoints.last_good_step
 
-    def close(self) -> None:
+    def close(self, outcome: str | None = None) -> None:
+        """Wait for the last checkpoint write, record the outcome (tracking), stop serving."""
         self.checkpoints.close(timeout=0 if self.checkpoints.abandon_writes else None)
+        self.tracker.close(outcome)
         if self.server is not None:
             self.server.stop()
             self.server = None

@@ -36,5 +36,8 @@ RESERVED_ENV = frozenset(
         "ADAMW_RESTART_COUNT",
         "ADAMW_CHECKPOINT_DIR",
         "ADAMW_JOB_NAME",
+        "ADAMW_JOB_NAMESPACE",
+        "ADAMW_ATTEMPT",
+        "ADAMW_IMAGE",
     }
 )

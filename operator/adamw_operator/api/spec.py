@@ -234,6 +234,17 @@ class CheckpointRef(_Model):
     step: int = Field(..., description="Training step of the checkpoint.")
     loss: float | None = Field(None, description="Training loss when it was saved.")
     time: str | None = Field(None, description="When it was saved (RFC 3339).")
+    validation_loss: float | None = Field(
+        None, description="Validation loss measured at its step (set when it was saved at an evaluation)."
+    )
+
+
+class TrackingRef(_Model):
+    """Where the job's experiment-tracking run is (one MLflow run across all attempts)."""
+
+    run_id: str | None = Field(None, description="MLflow run id.")
+    experiment_id: str | None = Field(None, description="MLflow experiment id.")
+    url: str | None = Field(None, description="The run in the MLflow UI.")
 
 
 class Condition(_Model):
@@ -283,6 +294,19 @@ class AdamWTrainingJobStatus(_Model):
     step: int | None = Field(None, description="Rank 0's last reported step.")
     max_steps: int | None = Field(None, description="Steps the job trains for.")
     loss: float | None = Field(None, description="Rank 0's last reported training loss.")
+    validation_loss: float | None = Field(None, description="Validation loss of the last evaluation.")
+    best_validation_loss: float | None = Field(
+        None, description="Lowest validation loss of the run so far (across restarts)."
+    )
+    steps_to_target: int | None = Field(
+        None, description="Step at which validation loss reached trainer.training.targetValidationLoss."
+    )
+    time_to_target_seconds: float | None = Field(
+        None,
+        description="Seconds from startTime (restarts included) until the job succeeded with "
+        "TargetReached.",
+    )
+    tracking: TrackingRef | None = Field(None, description="The job's run in experiment tracking.")
     nonfinite_rate: float | None = Field(None, description="Fraction of recent steps skipped as NaN/Inf.")
     tokens_per_second: float | None = Field(None, description="Throughput reported by rank 0.")
     rollbacks: int | None = Field(None, description="In-trainer divergence rollbacks reported.")
@@ -292,6 +316,11 @@ class AdamWTrainingJobStatus(_Model):
     last_checkpoint: CheckpointRef | None = Field(None, description="Newest complete checkpoint.")
     last_good_checkpoint: CheckpointRef | None = Field(
         None, description="Newest checkpoint that is complete, checksummed and has a finite loss."
+    )
+    best_checkpoint: CheckpointRef | None = Field(
+        None,
+        description="Checkpoint with the lowest validation loss (`<checkpoint dir>/best` for export "
+        "and finetune.initFrom); never pruned.",
     )
     running_attempt: int | None = Field(
         None, description="Last attempt whose workers all ran (a pod vanishing after that is lost)."

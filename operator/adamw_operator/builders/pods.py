@@ -134,6 +134,8 @@ def build_worker_pod(
     if storage.sub_path:
         ckpt_mount["subPath"] = storage.sub_path
     env = worker_env(job, spec, rank, restart_count, master_addr(job, namespace), ckpt_path)
+    # What the trainer records about itself in experiment tracking (tags of the MLflow run).
+    env.update({"ADAMW_JOB_NAMESPACE": namespace, "ADAMW_ATTEMPT": str(attempt), "ADAMW_IMAGE": spec.image or ""})
     port = spec.trainer.metrics.port
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,

@@ -80,6 +80,13 @@ RULES: dict[str, list[dict[str, str]]] = {
             "message": "byte-level data sources (stdlib, text) need model.vocabSize >= 256",
         },
         {
+            "rule": "!has(self.training) || (!has(self.training.targetValidationLoss) && "
+            "!has(self.training.earlyStopping)) || !has(self.data) || !has(self.data.evalIntervalSteps) "
+            "|| self.data.evalIntervalSteps > 0",
+            "message": "training.targetValidationLoss and training.earlyStopping act on validation "
+            "loss: they need data.evalIntervalSteps > 0",
+        },
+        {
             "rule": "!has(self.finetune) || !has(self.finetune.lora) || "
             "(has(self.model) && self.model.source != 'gpt')",
             "message": "finetune.lora needs model.source 'huggingface' or 'python' (the built-in GPT "

@@ -30,6 +30,7 @@ PRINTER_COLUMNS = [
     ("State", "string", ".status.phase", "Pending, Running, Restarting, Succeeded, Failed, Suspended."),
     ("Step", "integer", ".status.step", "Rank 0's last reported training step."),
     ("Loss", "number", ".status.loss", "Rank 0's last reported training loss."),
+    ("Val-Loss", "number", ".status.validationLoss", "Validation loss of the last evaluation."),
     ("NaN-Rate", "number", ".status.nonfiniteRate", "Fraction of recent steps skipped as NaN/Inf."),
     ("Restarts", "integer", ".status.restarts", "Gang restarts that used the restart budget."),
     ("Last-Checkpoint", "integer", ".status.lastCheckpoint.step", "Step of the newest checkpoint."),

@@ -10,7 +10,8 @@
 Only rank 0 writes (every rank holds the same replicated state under DDP); every rank
 reads the checkpoint rank 0 chose, so all ranks resume from the same one. Save outcomes
 arrive on the writer thread and go straight to the metrics and the `/status` fields
-`lastCheckpoint`, `lastGoodCheckpoint` and `checkpointSaveSeconds`.
+`lastCheckpoint`, `lastGoodCheckpoint`, `bestCheckpoint` (the lowest validation loss among
+checkpoints saved at an evaluation) and `checkpointSaveSeconds`.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class CheckpointManager:
         self._lock = threading.Lock()
         self.last: CheckpointInfo | None = None
         self.last_good: CheckpointInfo | None = None
+        self.best: CheckpointInfo | None = None
         self.max_save_seconds: float | None = None
         self._last_save_started = time.monotonic()
         # Step whose state is on disk *in this run's timeline* (after a rollback, an older
@@ -104,6 +106,7 @@ class CheckpointManager:
         with self._lock:
             self.last = info
             self.last_good = self.store.read_manifest(good_step) if good_step is not None else None
+            self.best = self.store.best(verify=False) if self.writes else None
         self.metrics.resumed_from_step.set(info.step)
         self.metrics.checkpoint_step.set(info.step)
         self._publish()
@@ -158,6 +161,7 @@ class CheckpointManager:
             self.store.discard_newer_than(step)
             with self._lock:
                 self.last = info
+                self.best = self.store.best(verify=False)
             self._publish()
         return info, payload
 
@@ -233,6 +237,8 @@ class CheckpointManager:
             self._saved_step = info.step
             if info.known_good:
                 self.last_good = info
+            if info.best_candidate and (self.best is None or self._better(info, self.best)):
+                self.best = info
             self.max_save_seconds = max(self.max_save_seconds or 0.0, result.duration_seconds)
         m.saves.inc()
         m.save_duration.observe(result.duration_seconds)
@@ -254,9 +260,22 @@ class CheckpointManager:
             fields: dict[str, Any] = {
                 "lastCheckpoint": self.last.status() if self.last else None,
                 "lastGoodCheckpoint": self.last_good.status() if self.last_good else None,
+                "bestCheckpoint": self.best.status() if self.best else None,
                 "checkpointSaveSeconds": self.max_save_seconds,
             }
         self._status(**fields)
+
+    @staticmethod
+    def _better(a: CheckpointInfo, b: CheckpointInfo) -> bool:
+        """Lower validation loss, the newer of equals (as `CheckpointStore.best` orders them)."""
+        va, vb = a.meta.validation_loss, b.meta.validation_loss
+        assert va is not None and vb is not None
+        return va < vb or (va == vb and a.step >= b.step)
+
+    @property
+    def best_step(self) -> int | None:
+        with self._lock:
+            return self.best.step if self.best else None
 
     @property
     def last_good_step(self) -> int | None:

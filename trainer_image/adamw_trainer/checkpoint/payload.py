@@ -8,7 +8,9 @@ Three files per checkpoint (see `store.py` for the folder and manifest):
     optimizer.pt     AdamW state: exp_avg, exp_avg_sq and the step count per parameter,
                      and the param groups
     train_state.pt   global step, tokens seen, learning-rate scale and rollback count,
-                     the trainer's counters, RNG states (torch, CUDA, Python, NumPy)
+                     the trainer's counters, RNG states (torch, CUDA, Python, NumPy),
+                     convergence (best validation loss, patience, first start time) and
+                     the experiment-tracking run id
     config.json      the resolved trainer config (camelCase), so `adamw-train export` can
                      rebuild the model; never read on resume
 

@@ -11,6 +11,10 @@ directory fsynced. A crash at any moment leaves either no `step-N` at all or a c
 one; a folder whose files do not match the manifest (truncated, bit-flipped, manifest
 missing) is skipped on resume and counted.
 
+`<dir>/best` is not a folder but a name the trainer's readers (`finetune.initFrom`, `adamw-train
+export --checkpoint`) resolve to the checkpoint with the lowest validation loss (`best`);
+pruning never deletes that one.
+
 This module is torch-free: it moves bytes, `payload.py` decides what the bytes are.
 """
 
@@ -34,6 +38,7 @@ from typing import BinaryIO
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+BEST_ALIAS = "best"
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _TMP_PREFIX = ".tmp-"
@@ -65,13 +70,16 @@ class CheckpointMeta:
     config_hash: str
     world_size: int
     tokens_seen: int
+    # Validation loss measured at this very step (None: no evaluation at this step). The
+    # complete checkpoint with the lowest one is the run's best checkpoint.
+    validation_loss: float | None = None
 
     def to_json(self) -> dict:
         data = asdict(self)
         # JSON has no NaN/Inf; a non-finite loss is recorded as null with finite=false.
         if data["loss"] is not None and not math.isfinite(data["loss"]):
             data["loss"] = None
-        return {
+        out = {
             "step": data["step"],
             "loss": data["loss"],
             "finite": data["finite"],
@@ -80,6 +88,9 @@ class CheckpointMeta:
             "worldSize": data["world_size"],
             "tokensSeen": data["tokens_seen"],
         }
+        if _finite_or_none(data["validation_loss"]) is not None:
+            out["validationLoss"] = data["validation_loss"]
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping) -> CheckpointMeta:
@@ -91,7 +102,14 @@ class CheckpointMeta:
             config_hash=str(data.get("configHash", "")),
             world_size=int(data.get("worldSize", 1)),
             tokens_seen=int(data.get("tokensSeen", 0)),
+            validation_loss=_finite_or_none(data.get("validationLoss")),
         )
+
+
+def _finite_or_none(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -112,14 +130,22 @@ class CheckpointInfo:
         """Complete and saved with a finite loss: a safe place to roll back to."""
         return self.meta.finite
 
+    @property
+    def best_candidate(self) -> bool:
+        """Known-good and evaluated at its own step: it can be the best checkpoint."""
+        return self.known_good and self.meta.validation_loss is not None
+
     def status(self) -> dict:
         """The `/status` view the operator copies into the job's status (time in RFC 3339)."""
         when = datetime.fromtimestamp(self.meta.time, tz=UTC)
-        return {
+        out = {
             "step": self.meta.step,
             "loss": self.meta.to_json()["loss"],
             "time": when.isoformat(timespec="seconds").replace("+00:00", "Z"),
         }
+        if self.meta.validation_loss is not None:
+            out["validationLoss"] = self.meta.validation_loss
+        return out
 
 
 def _sha256_file(path: Path) -> tuple[str, int]:
@@ -301,6 +327,28 @@ class CheckpointStore:
     ) -> CheckpointInfo | None:
         return next(self.valid_newest_first(on_corrupt), None)
 
+    def best(self, verify: bool = True) -> CheckpointInfo | None:
+        """The checkpoint with the lowest validation loss (the newest of equals); None if no
+        checkpoint was saved at an evaluation. `verify` hashes the chosen one's files, and
+        falls back to the next best when they do not match."""
+        candidates = []
+        for step in self.steps():
+            try:
+                info = self.read_manifest(step)
+            except CorruptCheckpointError:
+                continue
+            if info.best_candidate:
+                candidates.append(info)
+        candidates.sort(key=lambda i: (i.meta.validation_loss, -i.step))
+        for info in candidates:
+            if not verify:
+                return info
+            try:
+                return self.verify(info.step)
+            except CorruptCheckpointError as err:
+                log.warning("best checkpoint step-%d is unusable: %s", info.step, err)
+        return None
+
     def last_good(self) -> CheckpointInfo | None:
         """The newest verified checkpoint saved with a finite loss."""
         for info in self.valid_newest_first():
@@ -311,7 +359,8 @@ class CheckpointStore:
     # -- housekeeping -------------------------------------------------------------------
 
     def prune(self, protect: int | None = None) -> list[int]:
-        """Keep the newest `keep_latest` complete checkpoints and the newest known-good one.
+        """Keep the newest `keep_latest` complete checkpoints, the newest known-good one and
+        the best one (lowest validation loss, see `best`).
 
         Completeness here is the manifest being present and readable (the manifest is written
         last), not a full re-hash of every file on every save; `protect` names a step that is
@@ -330,6 +379,10 @@ class CheckpointStore:
         good = next((info for info in complete if info.known_good), None)
         if good is not None:
             keep.add(good.step)
+        best = min((i for i in complete if i.best_candidate),
+                   key=lambda i: (i.meta.validation_loss, -i.step), default=None)
+        if best is not None:
+            keep.add(best.step)
         if protect is not None:
             keep.add(protect)
         newest_complete = complete[0].step if complete else None
