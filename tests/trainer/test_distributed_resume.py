@@ -17,10 +17,9 @@ from tests.trainer.test_resume_exactness import assert_bit_identical, final_stat
 from tests.trainer.trainer_process import (
     free_port,
     json_events,
+    launch_world,
     run_trainer,
     small_config,
-    trainer_cmd,
-    trainer_env,
     wait_for_status,
     write_config,
 )
@@ -41,22 +40,10 @@ def rank_config(root: Path, rank: int, port: int) -> Path:
 
 
 def start_world(root: Path, port: int = 0) -> list[subprocess.Popen]:
-    master = str(free_port())
-    procs = []
-    for rank in range(WORLD):
-        env = trainer_env(
-            RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank),
-            MASTER_ADDR="127.0.0.1", MASTER_PORT=master,
-        )
-        if rank == 1:
-            # Only rank 1's loss goes NaN (steps 12-13); DDP averages the gradients, so every
-            # rank must see a non-finite gradient and skip those steps together.
-            env["ADAMW_FAULT_NAN_GRAD_STEPS"] = "12-13"
-        procs.append(subprocess.Popen(
-            trainer_cmd(rank_config(root, rank, port)), env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        ))
-    return procs
+    # Only rank 1's loss goes NaN (steps 12-13); DDP averages the gradients, so every
+    # rank must see a non-finite gradient and skip those steps together.
+    return launch_world([rank_config(root, rank, port) for rank in range(WORLD)],
+                        env={1: {"ADAMW_FAULT_NAN_GRAD_STEPS": "12-13"}})
 
 
 def finish(procs: list[subprocess.Popen], timeout: float = 120) -> list[tuple[int, str, str]]:

@@ -62,6 +62,18 @@ def trainer_cmd(config: Path) -> list[str]:
     return [sys.executable, "-m", "adamw_trainer", "--config", str(config)]
 
 
+def launch_world(configs: list[Path], env: dict[int, dict[str, str]] | None = None) -> list[subprocess.Popen]:
+    """Start one `adamw-train` per config as ranks 0..n-1 of one gloo world on loopback."""
+    master = str(free_port())
+    procs = []
+    for rank, config in enumerate(configs):
+        extra = trainer_env(RANK=str(rank), WORLD_SIZE=str(len(configs)), LOCAL_RANK=str(rank),
+                            MASTER_ADDR="127.0.0.1", MASTER_PORT=master, **(env or {}).get(rank, {}))
+        procs.append(subprocess.Popen(trainer_cmd(config), env=extra, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    return procs
+
+
 def run_trainer(config: Path, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         trainer_cmd(config), env=trainer_env(**env), capture_output=True, text=True, timeout=timeout

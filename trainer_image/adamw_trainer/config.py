@@ -591,6 +591,13 @@ class MlflowConfig(CamelModel):
         description="Upload each checkpoint's files as run artifacts (rank 0). Off: only a "
         "reference (path, step, sha256, known-good) is recorded.",
     )
+    close_timeout_seconds: float = Field(
+        10.0,
+        ge=0.0,
+        le=600.0,
+        description="At exit, how long the trainer waits for queued records to reach a slow or "
+        "down server before it gives up on them (counted as dropped).",
+    )
     queue_size: int = Field(
         1000,
         ge=10,

@@ -201,7 +201,7 @@ class Trainer:
         # Experiment tracking (MLflow), rank 0 only, off the training thread.
         self.tracker: Tracker = make_tracker(
             cfg, rank=self.env.rank, config_hash=self.config_hash, registry=self.metrics.registry,
-            status=self.status.update,
+            status=self.status.update, event=self.log.event,
         )
         self.log.listeners.append(self.tracker.on_event)
         self.status.update(

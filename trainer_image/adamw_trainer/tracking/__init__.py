@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +33,6 @@ from .sender import Sender, TrackingMetrics
 
 log = logging.getLogger(__name__)
 
-CLOSE_TIMEOUT_SECONDS = 10.0  # at exit, time to send what is queued (a dead server costs this)
 PARAM_VALUE_LIMIT = 6000  # MLflow's limit on a param value
 
 # The train log's field -> the MLflow metric key.
@@ -47,6 +47,7 @@ TRAIN_METRICS = {
 FINAL_FAILURES = {ExitReason.INVALID_CONFIG.value, ExitReason.DIVERGED.value}
 
 StatusSink = Callable[..., None]
+EventSink = Callable[..., None]
 
 
 class Tracker(Protocol):
@@ -100,10 +101,12 @@ class RunTracker:
     """Rank 0's tracker: log events in, records out to the sender."""
 
     def __init__(self, cfg: MlflowConfig, *, config_hash: str, registry: CollectorRegistry, rank: int,
-                 status: StatusSink, backend: Any = None, environ: dict[str, str] | None = None):
+                 status: StatusSink, event: EventSink | None = None, backend: Any = None,
+                 environ: dict[str, str] | None = None):
         self.cfg = cfg
         self.config_hash = config_hash
         self.status = status
+        self.event = event or (lambda *_a, **_k: None)
         self.identity = job_identity(environ)
         self.resume = RunIdentity()
         job = self.identity.get("job")
@@ -112,18 +115,32 @@ class RunTracker:
         self._backend = backend
         self._sender: Sender | None = None
         self._pending: list[Any] = []  # records before begin(): the queue is made there
+        # Importing the MLflow client takes seconds: start now, while the model is built, so
+        # the run is open (and its id in the checkpoints) as early as possible.
+        threading.Thread(target=_import_mlflow, name="tracking-import", daemon=True).start()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """The run this job recorded into before (from the resumed checkpoint)."""
+        """The run this job recorded into before, and the metric points the checkpoint's
+        attempt had not delivered yet (they are sent first: steps up to the checkpoint are
+        not retrained, so this is their only copy)."""
         if state.get("run_id"):
             self.resume = RunIdentity(run_id=state["run_id"], experiment_id=state.get("experiment_id"))
+        unsent = [Metrics(int(p["step"]), dict(p["values"]), int(p["timestamp_ms"])) for p in state.get("unsent", [])]
+        self._pending[:0] = unsent
 
     def state_dict(self) -> dict[str, Any]:
+        """For the checkpoint (rank 0, at capture): the run, and the points still queued."""
         ident = self.backend.identity if self._backend is not None else RunIdentity()
         run_id = ident.run_id or self.resume.run_id
-        return {"run_id": run_id, "experiment_id": ident.experiment_id or self.resume.experiment_id} if run_id else {}
+        queued = self._sender.pending() if self._sender is not None else list(self._pending)
+        unsent = [{"step": r.step, "values": r.values, "timestamp_ms": r.timestamp_ms}
+                  for r in queued if isinstance(r, Metrics)]
+        state: dict[str, Any] = {"unsent": unsent}
+        if run_id:
+            state.update(run_id=run_id, experiment_id=ident.experiment_id or self.resume.experiment_id)
+        return state
 
     @property
     def backend(self) -> Any:
@@ -147,7 +164,7 @@ class RunTracker:
         self._sender.start()
 
     def close(self, outcome: str | None) -> None:
-        """Record the outcome; a final one closes the run. Waits at most CLOSE_TIMEOUT_SECONDS."""
+        """Record the outcome; a final one closes the run. Waits at most `closeTimeoutSeconds`."""
         if outcome:
             if outcome in SUCCESS_REASONS:
                 self._put(Finish("FINISHED", outcome))
@@ -159,8 +176,11 @@ class RunTracker:
             for record in self._pending:
                 self.metrics.dropped(record)
             return
-        if not self._sender.close(CLOSE_TIMEOUT_SECONDS):
-            log.warning("tracking: the server did not take every record within %.0fs", CLOSE_TIMEOUT_SECONDS)
+        complete = self._sender.close(self.cfg.close_timeout_seconds)
+        backend = self.backend
+        self.event("tracking-closed", runId=backend.identity.run_id, complete=complete, sent=self._sender.sent,
+                   errors=self.metrics.error_count, dropped=self.metrics.dropped_total(),
+                   skippedResumedPoints=getattr(backend, "skipped_points", 0))
 
     def _opened(self, ident: RunIdentity) -> None:
         self.status(tracking={"runId": ident.run_id, "experimentId": ident.experiment_id, "url": ident.url})
@@ -227,9 +247,18 @@ class RunTracker:
             self._put(FilesArtifact(str(path), f"checkpoints/step-{step}"))
 
 
+def _import_mlflow() -> None:
+    from .mlflow_client import import_mlflow
+
+    try:
+        import_mlflow()
+    except ImportError:  # reported by the sender when it first needs the client
+        pass
+
+
 def make_tracker(cfg: TrainerConfig, *, rank: int, config_hash: str, registry: CollectorRegistry,
-                 status: StatusSink) -> Tracker:
+                 status: StatusSink, event: EventSink) -> Tracker:
     mlflow = cfg.tracking.mlflow
     if mlflow is None or rank != 0:
         return NullTracker()
-    return RunTracker(mlflow, config_hash=config_hash, registry=registry, rank=rank, status=status)
+    return RunTracker(mlflow, config_hash=config_hash, registry=registry, rank=rank, status=status, event=event)

@@ -10,21 +10,46 @@ its `adamw.job` tag; else a new run. A resumed run first reads the highest step 
 holds (`watermark`) and skips points up to it: a step is recorded once, the first time it
 was trained. A resume retrains the steps between its checkpoint and the kill; their first
 values are already in the run (with the deterministic data order they are the same numbers
-again), so nothing is duplicated and nothing is missing.
+again), so nothing is duplicated. Points the killed attempt still had queued are not lost
+either: those up to the checkpoint's step travel in its train state and are sent first
+(`RunTracker.load_state_dict`), those after it are retrained and sent afresh. The sender is
+sequential, so what reached the server is always a prefix and one watermark suffices.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
 from ..config import MlflowConfig
-from .records import FilesArtifact, Finish, JsonArtifact, Metrics, Params, RunIdentity, Tags
+from .records import (
+    FilesArtifact,
+    Finish,
+    JsonArtifact,
+    Metrics,
+    MetricsBatch,
+    Params,
+    RunIdentity,
+    Tags,
+)
 
 BATCH_PARAMS = 100  # MLflow's log_batch limits: 100 params, 100 tags, 1000 metrics per call
+BATCH_METRICS = 1000
 WATERMARK_KEYS = ("loss", "validation_loss")
+
+
+_IMPORT_LOCK = threading.Lock()
+
+
+def import_mlflow() -> None:
+    """Import the client once; two threads importing mlflow at once trip its import cycles."""
+    with _IMPORT_LOCK:
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        import mlflow.tracking  # noqa: F401
 
 
 def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
@@ -60,17 +85,16 @@ class MlflowBackend:
 
     def client(self) -> Any:
         if self._client is None:
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+            import_mlflow()
             from mlflow.tracking import MlflowClient
 
             self._client = MlflowClient(tracking_uri=self.cfg.tracking_uri)
         return self._client
 
     def open(self) -> None:
+        c = self.client()
         from mlflow.exceptions import MlflowException
 
-        c = self.client()
         experiment = c.get_experiment_by_name(self.cfg.experiment)
         if experiment is not None:
             experiment_id = experiment.experiment_id
@@ -114,6 +138,8 @@ class MlflowBackend:
 
     def retryable(self, err: Exception) -> bool:
         """Server down, slow or failing: retry. A 4xx (bad value, missing run) or a bug: never."""
+        if self._client is None:  # the client would not even import
+            return False
         from mlflow.exceptions import MlflowException
 
         if isinstance(err, MlflowException):
@@ -128,14 +154,17 @@ class MlflowBackend:
         c = self.client()
         from mlflow.entities import Metric, Param, RunTag
 
-        if isinstance(record, Metrics):
-            if record.step <= self.watermark:
-                self.skipped_points += 1  # already in the run from the attempt before
-                return
-            points = [Metric(k, float(v), record.timestamp_ms, record.step)
-                      for k, v in record.values.items() if isinstance(v, (int, float)) and math.isfinite(v)]
-            if points:
-                c.log_batch(run_id, metrics=points)
+        if isinstance(record, (Metrics, MetricsBatch)):
+            fresh = []
+            for m in record.points if isinstance(record, MetricsBatch) else [record]:
+                if m.step <= self.watermark:
+                    self.skipped_points += 1  # already in the run from the attempt before
+                else:
+                    fresh.append(m)
+            points = [Metric(k, float(v), m.timestamp_ms, m.step) for m in fresh
+                      for k, v in m.values.items() if isinstance(v, (int, float)) and math.isfinite(v)]
+            for i in range(0, len(points), BATCH_METRICS):
+                c.log_batch(run_id, metrics=points[i : i + BATCH_METRICS])
         elif isinstance(record, Params):
             if self.reused:
                 return  # params are immutable in MLflow; the first attempt's config stands (see tags)

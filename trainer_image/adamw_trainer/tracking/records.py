@@ -17,6 +17,14 @@ class Metrics:
 
 
 @dataclass(frozen=True)
+class MetricsBatch:
+    """Consecutive queued Metrics sent in one call (the sender coalesces them)."""
+
+    points: list[Metrics]
+    kind: str = "metrics"
+
+
+@dataclass(frozen=True)
 class Params:
     values: dict[str, str]
     kind: str = "params"

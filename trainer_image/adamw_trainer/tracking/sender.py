@@ -21,10 +21,13 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter
 
+from .records import Metrics, MetricsBatch
+
 log = logging.getLogger(__name__)
 
 RETRY_FIRST_SECONDS = 0.2
 RETRY_MAX_SECONDS = 5.0
+BATCH_POINTS = 200  # Metrics records coalesced into one call (MLflow takes 1000 metrics a call)
 
 
 class Backend(Protocol):
@@ -43,12 +46,23 @@ class TrackingMetrics:
             "still queued when the trainer exited.", ["rank", "kind"], registry=registry,
         )
         self.rank = str(rank)
+        self._dropped_total = 0
+        self.error_count = 0
         for kind in ("metrics", "other"):  # export 0 for the series known to exist
             self._dropped.labels(rank=self.rank, kind=kind)
 
+    def error(self) -> None:
+        self.errors.inc()
+        self.error_count += 1
+
     def dropped(self, record: Any) -> None:
         kind = "metrics" if getattr(record, "kind", "") == "metrics" else "other"
-        self._dropped.labels(rank=self.rank, kind=kind).inc()
+        n = len(record.points) if isinstance(record, MetricsBatch) else 1
+        self._dropped.labels(rank=self.rank, kind=kind).inc(n)
+        self._dropped_total += n
+
+    def dropped_total(self) -> int:
+        return self._dropped_total
 
 
 _STOP = object()
@@ -61,6 +75,8 @@ class Sender:
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self._thread = threading.Thread(target=self._run, name="tracking-sender", daemon=True)
         self._give_up = threading.Event()  # close() ran out of time: stop retrying
+        self._in_flight: Any = None
+        self._held: Any = None  # taken off the queue while coalescing, sent next
         self.sent = 0
 
     def put(self, record: Any) -> bool:
@@ -70,6 +86,14 @@ class Sender:
         except queue.Full:
             self.metrics.dropped(record)
             return False
+
+    def pending(self) -> list[Any]:
+        """Records not yet delivered, oldest first (the one being sent included)."""
+        with self._queue.mutex:
+            queued = [r for r in self._queue.queue if r is not _STOP]
+        current, held = self._in_flight, self._held
+        flying = current.points if isinstance(current, MetricsBatch) else [current] if current is not None else []
+        return flying + ([held] if held is not None else []) + queued
 
     def start(self) -> None:
         if not self._thread.is_alive():
@@ -90,8 +114,8 @@ class Sender:
                     break
         self._thread.join(max(0.0, deadline - time.monotonic()))
         if self._thread.is_alive():
-            self._give_up.set()
-            self._thread.join(RETRY_MAX_SECONDS + 15)  # a call in flight ends with its own timeout
+            self._give_up.set()  # a call in flight ends with its own timeout; the thread is a daemon
+            self._thread.join(1.0)
         done = self._drop_queued() == 0 and not self._thread.is_alive()
         return done
 
@@ -108,10 +132,28 @@ class Sender:
 
     def _run(self) -> None:
         while not self._give_up.is_set():
-            record = self._queue.get()
+            record, self._held = (self._held, None) if self._held is not None else (self._queue.get(), None)
             if record is _STOP:
                 return
-            self._send(record)
+            self._in_flight = self._coalesce(record)
+            self._send(self._in_flight)
+            self._in_flight = None
+
+    def _coalesce(self, record: Any) -> Any:
+        """Consecutive Metrics records already queued go out in one call."""
+        if not isinstance(record, Metrics):
+            return record
+        points = [record]
+        while len(points) < BATCH_POINTS:
+            try:
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if not isinstance(nxt, Metrics):
+                self._held = nxt
+                break
+            points.append(nxt)
+        return MetricsBatch(points) if len(points) > 1 else record
 
     def _send(self, record: Any) -> None:
         delay = RETRY_FIRST_SECONDS
@@ -121,7 +163,7 @@ class Sender:
                 self.sent += 1
                 return
             except Exception as err:  # noqa: BLE001 (any failure of the server or the network)
-                self.metrics.errors.inc()
+                self.metrics.error()
                 if not self.backend.retryable(err):
                     log.warning("tracking: %s refused, dropped: %s", getattr(record, "kind", "record"), err)
                     self.metrics.dropped(record)
