@@ -104,6 +104,10 @@ def test_loss_points_keep_the_latest_attempt_after_a_resume(tmp_path: Path) -> N
     points, resumes = loss_points([first, second])
     assert points == [(10, 3.0), (20, 3.0), (30, 2.0), (40, 2.0), (50, 2.0)]
     assert resumes == [30]
+    # The same for validation loss, from the eval records.
+    evals = tmp_path / "c.log"
+    evals.write_text("\n".join(json.dumps({"event": "eval", "step": s, "validationLoss": 2.5}) for s in (20, 40)))
+    assert loss_points([evals], event="eval", field="validationLoss")[0] == [(20, 2.5), (40, 2.5)]
 
 
 async def test_a_worker_does_not_outlive_its_supervisor(tmp_path: Path) -> None:

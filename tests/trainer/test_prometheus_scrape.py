@@ -33,6 +33,8 @@ CONTRACT = [
     "adamw_grad_norm",
     "adamw_last_step_timestamp_seconds",
     "adamw_validation_loss",
+    "adamw_best_validation_loss",
+    "adamw_time_to_target_seconds",
     "adamw_memory_peak_bytes",
     "adamw_trainer_info",
     "adamw_param_group_learning_rate",

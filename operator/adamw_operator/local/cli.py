@@ -106,11 +106,13 @@ async def _run_locked(name: str, namespace: str, spec, manifest: Path, run_dir: 
              else status.get("phase"), "status": status}
     (job.root / "status.json").write_text(json.dumps(final, indent=2, default=str))
     points, resumes = loss_points(_rank0_logs(job.root))
-    plot = write_loss_curve(points, resumes, job.root / "loss.png", f"{name}: training loss")
+    validation, _ = loss_points(_rank0_logs(job.root), event="eval", field="validationLoss")
+    plot = write_loss_curve(points, resumes, job.root / "loss.png", f"{name}: training and validation loss",
+                            validation=validation)
     view.message(summary(
         name, status, interrupted=job.interrupted, wall_seconds=time.monotonic() - started,
         run_dir=job.root, plot=plot, first_loss=points[0][1] if points else None,
-        last_loss=points[-1][1] if points else None))
+        last_loss=points[-1][1] if points else None, target=spec.trainer.training.target_validation_loss))
     if job.interrupted and status.get("phase") not in ("Succeeded", "Failed"):
         return EXIT_INTERRUPTED
     return EXIT_OK if status.get("phase") == "Succeeded" else EXIT_FAILED

@@ -1,4 +1,5 @@
-"""The loss curve of a local run, read from rank 0's JSON log lines and drawn with matplotlib."""
+"""The loss curves of a local run (training and validation), read from rank 0's JSON log lines and
+drawn with matplotlib."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 
-def loss_points(rank0_logs: Iterable[Path]) -> tuple[list[tuple[int, float]], list[int]]:
-    """(step, loss) over all attempts, a later attempt replacing steps it redid, and the
-    step each later attempt resumed from (where the curve restarts)."""
+def loss_points(rank0_logs: Iterable[Path], event: str = "train",
+                field: str = "loss") -> tuple[list[tuple[int, float]], list[int]]:
+    """(step, value) of one logged quantity over all attempts, a later attempt replacing steps
+    it redid, and the step each later attempt resumed from (where the curve restarts).
+    Training loss by default; `event="eval", field="validationLoss"` for validation loss."""
     by_step: dict[int, float] = {}
     resumes: list[int] = []
     for i, log in enumerate(rank0_logs):
@@ -25,21 +28,23 @@ def loss_points(rank0_logs: Iterable[Path]) -> tuple[list[tuple[int, float]], li
                 record = json.loads(line)
             except ValueError:
                 continue
-            if record.get("event") != "train" or not isinstance(record.get("loss"), (int, float)):
+            if record.get("event") != event or not isinstance(record.get(field), (int, float)):
                 continue
             step = int(record["step"])
             if first_step is None:
                 first_step = step
                 for later in [s for s in by_step if s >= step]:
                     del by_step[later]  # redone after a resume from an older checkpoint
-            by_step[step] = float(record["loss"])
+            by_step[step] = float(record[field])
         if i > 0 and first_step is not None:
             resumes.append(first_step)
     return sorted(by_step.items()), resumes
 
 
-def write_loss_curve(points: list[tuple[int, float]], resumes: list[int], path: Path, title: str) -> Path | None:
-    """A PNG of loss against step with the restarts marked; None when there is nothing to draw."""
+def write_loss_curve(points: list[tuple[int, float]], resumes: list[int], path: Path, title: str,
+                     validation: list[tuple[int, float]] | None = None) -> Path | None:
+    """A PNG of training (and validation) loss against step with the restarts marked; None when
+    there is nothing to draw. The gap between the two curves is how overfitting shows."""
     if not points:
         return None
     import matplotlib
@@ -50,6 +55,10 @@ def write_loss_curve(points: list[tuple[int, float]], resumes: list[int], path: 
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     steps, losses = zip(*points, strict=True)
     ax.plot(steps, losses, color="tab:blue", linewidth=1.5, label="training loss (rank 0)")
+    if validation:
+        vsteps, vlosses = zip(*validation, strict=True)
+        ax.plot(vsteps, vlosses, color="tab:orange", linewidth=1.5, marker="o", markersize=3,
+                label="validation loss")
     for i, step in enumerate(resumes):
         ax.axvline(step, color="tab:red", linestyle="--", linewidth=1,
                    label="restart (resumed from checkpoint)" if i == 0 else None)

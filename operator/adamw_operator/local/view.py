@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..decisions import Event
-from ..status import parse_time
+from ..status import get_condition, parse_time
 
 
 def checkpoint_step(status: dict[str, Any]) -> int | None:
@@ -26,7 +26,7 @@ def _fmt_rate(value: Any) -> str:
 def status_line(status: dict[str, Any]) -> str:
     """One line of job state, like the printer columns of `kubectl get awj`."""
     step, max_steps = status.get("step"), status.get("maxSteps")
-    loss = status.get("loss")
+    loss, val = status.get("loss"), status.get("validationLoss")
     tps = status.get("tokensPerSecond")
     ckpt = checkpoint_step(status)
     phase = status.get("phase") or "Pending"
@@ -37,6 +37,7 @@ def status_line(status: dict[str, Any]) -> str:
         f"{phase:<10}",
         f"step {step if step is not None else '-'}/{max_steps if max_steps is not None else '-'}",
         f"loss {loss:.4f}" if isinstance(loss, (int, float)) else "loss -",
+        f"val {val:.4f}" if isinstance(val, (int, float)) else "val -",
         f"{tps:,.0f} tok/s" if isinstance(tps, (int, float)) else "- tok/s",
         f"NaN {_fmt_rate(status.get('nonfiniteRate'))}",
         f"restarts {status.get('restarts', 0)}",
@@ -103,8 +104,9 @@ def _phase(line: str) -> str:
 
 
 def summary(name: str, status: dict[str, Any], *, interrupted: bool, wall_seconds: float,
-            run_dir: Path, plot: Path | None, first_loss: float | None, last_loss: float | None) -> str:
-    """The closing report."""
+            run_dir: Path, plot: Path | None, first_loss: float | None, last_loss: float | None,
+            target: float | None = None) -> str:
+    """The closing report: did it finish, did it converge, where are the results."""
     phase = "Interrupted" if interrupted and status.get("phase") not in ("Succeeded", "Failed") \
         else status.get("phase", "?")
     ckpt = checkpoint_step(status)
@@ -114,15 +116,43 @@ def summary(name: str, status: dict[str, Any], *, interrupted: bool, wall_second
         f"  steps        {status.get('step', '-')} of {status.get('maxSteps', '-')}",
     ]
     if first_loss is not None and last_loss is not None:
-        lines.append(f"  loss         {first_loss:.4f} -> {last_loss:.4f}")
+        lines.append(f"  loss         {first_loss:.4f} -> {last_loss:.4f} (training)")
+    val, best = status.get("validationLoss"), status.get("bestValidationLoss")
+    if isinstance(val, (int, float)):
+        best_ckpt = (status.get("bestCheckpoint") or {}).get("step")
+        where = f", best checkpoint step {best_ckpt}" if best_ckpt is not None else ""
+        best_text = f" (best {best:.4f}{where})" if isinstance(best, (int, float)) else ""
+        lines.append(f"  validation   {val:.4f}{best_text}")
+    lines += _convergence(status, phase, target)
     lines += [
         f"  restarts     {status.get('restarts', 0)} (preemptions {status.get('preemptions', 0)})",
         f"  checkpoint   {'step ' + str(ckpt) if ckpt is not None else 'none'} in {run_dir / 'checkpoints'}",
     ]
     if plot is not None:
         lines.append(f"  loss curve   {plot}")
+    url = (status.get("tracking") or {}).get("url")
+    if url:
+        lines.append(f"  mlflow run   {url}")
     if status.get("message"):
         lines.append(f"  message      {status['message']}")
     if phase == "Interrupted":
         lines.append("  run the same command again to resume from the last checkpoint")
     return "\n".join(lines)
+
+
+def _convergence(status: dict[str, Any], phase: str, target: float | None) -> list[str]:
+    """Whether the run converged: the reason it succeeded, or why the target was not reached."""
+    reason = (get_condition(status, "Succeeded") or {}).get("reason") if phase == "Succeeded" else None
+    if reason == "TargetReached":
+        seconds = status.get("timeToTargetSeconds")
+        took = f" after {seconds:.0f} s" if isinstance(seconds, (int, float)) else ""
+        return [f"  converged    TargetReached: validation loss at or below {target:g} at step "
+                f"{status.get('stepsToTarget')}{took}" if target is not None else
+                f"  converged    TargetReached at step {status.get('stepsToTarget')}{took}"]
+    if reason == "EarlyStopped":
+        return [f"  converged    EarlyStopped: {status.get('message', '')}"]
+    if target is not None and phase in ("Succeeded", "Failed"):
+        best = status.get("bestValidationLoss")
+        got = f"the best validation loss was {best:.4f}" if isinstance(best, (int, float)) else "no evaluation ran"
+        return [f"  target       {target:g} not reached: {got}; raise training.maxSteps or the target"]
+    return []
