@@ -286,3 +286,22 @@ def test_a_server_that_goes_away_mid_run_never_stalls_or_fails_training(tmp_path
     # Training went on: after the server stopped it still took well under the run's time
     # plus the 2 s closeTimeoutSeconds (no per-step waits on the dead server).
     assert time.monotonic() - stopped_at < 60
+
+
+def test_log_events_become_records_rollbacks_as_a_tag_and_an_event(tmp_path):
+    from adamw_trainer.config import MlflowConfig
+    from adamw_trainer.tracking import RunTracker
+    from adamw_trainer.tracking.records import JsonArtifact, Params
+
+    tracker = RunTracker(MlflowConfig(tracking_uri="http://unused"), config_hash="abc", registry=CollectorRegistry(),
+                         rank=0, status=lambda **_: None, environ={"ADAMW_JOB_NAME": "j", "ADAMW_ATTEMPT": "2"})
+    tracker.on_event("start", {"configHash": "abc", "config": {"model": {"layers": 2}, "optimizer": {"betas": [0.9, 0.95]}}})
+    tracker.on_event("train", {"step": 10, "loss": 2.5, "lr": 1e-3, "gradNorm": 0.7, "maxSteps": 100})
+    tracker.on_event("rollback", {"fromStep": 60, "toStep": 40, "rollbacks": 1, "lrScale": 0.5})
+    params, tags, metrics, rollback_tags, event = tracker._pending
+    assert params == Params({"model.layers": "2", "optimizer.betas": "[0.9, 0.95]"})
+    assert tags.values == {"adamw.configHash": "abc", "adamw.attempt": "2"}
+    assert metrics.step == 10 and metrics.values == {"loss": 2.5, "learning_rate": 1e-3, "grad_norm": 0.7}
+    assert rollback_tags.values == {"adamw.rollbacks": "1", "adamw.rollback.1": "step 60 -> 40"}
+    assert isinstance(event, JsonArtifact) and event.path == "events/rollback-1.json"
+    assert tracker._tags()["adamw.job"] == "default/j"

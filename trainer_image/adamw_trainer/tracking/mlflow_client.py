@@ -49,6 +49,8 @@ def import_mlflow() -> None:
     with _IMPORT_LOCK:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        # stdout is the trainer's JSON log (kubectl logs): no "View run ..." lines in it.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         import mlflow.tracking  # noqa: F401
 
 
