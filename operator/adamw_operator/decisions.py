@@ -160,7 +160,10 @@ def _record_exit_messages(status: dict[str, Any], workers: list[WorkerObservatio
             status["bestValidationLoss"] = round(t.best_validation_loss, 6)
         best = status.get("bestCheckpoint") or {}
         if t.best_checkpoint_step is not None and best.get("step") != t.best_checkpoint_step:
-            status["bestCheckpoint"] = {"step": t.best_checkpoint_step, "validationLoss": status.get("bestValidationLoss")}
+            ref: dict[str, Any] = {"step": t.best_checkpoint_step}
+            if status.get("bestValidationLoss") is not None:
+                ref["validationLoss"] = status["bestValidationLoss"]
+            status["bestCheckpoint"] = ref
         good = t.last_good_checkpoint_step
         known = (status.get("lastGoodCheckpoint") or {}).get("step", -1)
         if good is not None and good > known:
