@@ -116,3 +116,7 @@ def test_early_stopping_exits_0_with_reason_early_stopped_keeping_the_best(tmp_p
     best = min(evals, key=lambda e: (e["validationLoss"], -e["step"]))
     assert msg["bestCheckpointStep"] == best["step"]
     assert CheckpointStore(tmp_path / "checkpoints").best().step == best["step"]  # kept despite keepLatest 1
+    from adamw_trainer.export import export
+
+    written = export(tmp_path / "checkpoints" / "best", tmp_path / "exported")  # adamw-train export
+    assert written["checkpoint"] == str(tmp_path / "checkpoints" / f"step-{best['step']}")
