@@ -305,3 +305,23 @@ def test_log_events_become_records_rollbacks_as_a_tag_and_an_event(tmp_path):
     assert rollback_tags.values == {"adamw.rollbacks": "1", "adamw.rollback.1": "step 60 -> 40"}
     assert isinstance(event, JsonArtifact) and event.path == "events/rollback-1.json"
     assert tracker._tags()["adamw.job"] == "default/j"
+
+
+def test_a_preempted_trainer_does_not_spend_its_grace_period_on_a_dead_server(tmp_path):
+    port, nobody = free_port(), free_port()
+    tracking = {"mlflow": {"trackingUri": f"http://127.0.0.1:{nobody}", "closeTimeoutSeconds": 60}}
+    cfg = small_config(tmp_path, training={"maxSteps": 100000}, tracking=tracking,
+                       metrics={"port": port, "host": "127.0.0.1"})
+    proc = subprocess.Popen(trainer_cmd(write_config(tmp_path, cfg)), env=trainer_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(port, proc, lambda s: s["step"] >= 20, what="20 steps")
+        proc.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-3000:]
+    assert time.monotonic() - sent < 10  # not closeTimeoutSeconds: SIGKILL comes at the grace period's end
+    closed = json_events(out, "tracking-closed")[0]
+    assert not closed["complete"] and closed["errors"] > 0

@@ -675,7 +675,7 @@ class Trainer:
     def close(self, outcome: str | None = None) -> None:
         """Wait for the last checkpoint write, record the outcome (tracking), stop serving."""
         self.checkpoints.close(timeout=0 if self.checkpoints.abandon_writes else None)
-        self.tracker.close(outcome)
+        self.tracker.close(outcome, hurry=self.preemption.requested)  # SIGTERM: the grace period runs
         if self.server is not None:
             self.server.stop()
             self.server = None

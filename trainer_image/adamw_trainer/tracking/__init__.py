@@ -45,6 +45,9 @@ TRAIN_METRICS = {
 }
 # Outcomes after which no attempt follows (the run is closed); others leave it RUNNING.
 FINAL_FAILURES = {ExitReason.INVALID_CONFIG.value, ExitReason.DIVERGED.value}
+# A preempted trainer is inside its SIGTERM grace period: the termination message (which
+# makes exit 143 a preemption) must be written before the SIGKILL, so tracking waits less.
+PREEMPTED_CLOSE_SECONDS = 1.0
 
 StatusSink = Callable[..., None]
 EventSink = Callable[..., None]
@@ -55,7 +58,7 @@ class Tracker(Protocol):
     def begin(self, step: int) -> None: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
-    def close(self, outcome: str | None) -> None: ...
+    def close(self, outcome: str | None, hurry: bool = False) -> None: ...
 
 
 class NullTracker:
@@ -73,7 +76,7 @@ class NullTracker:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
-    def close(self, outcome: str | None) -> None:
+    def close(self, outcome: str | None, hurry: bool = False) -> None:
         pass
 
 
@@ -163,8 +166,9 @@ class RunTracker:
         self._pending.clear()
         self._sender.start()
 
-    def close(self, outcome: str | None) -> None:
-        """Record the outcome; a final one closes the run. Waits at most `closeTimeoutSeconds`."""
+    def close(self, outcome: str | None, hurry: bool = False) -> None:
+        """Record the outcome; a final one closes the run. Waits at most `closeTimeoutSeconds`
+        (`hurry`: at most PREEMPTED_CLOSE_SECONDS, inside a SIGTERM grace period)."""
         if outcome:
             if outcome in SUCCESS_REASONS:
                 self._put(Finish("FINISHED", outcome))
@@ -176,7 +180,10 @@ class RunTracker:
             for record in self._pending:
                 self.metrics.dropped(record)
             return
-        complete = self._sender.close(self.cfg.close_timeout_seconds)
+        timeout = self.cfg.close_timeout_seconds
+        if hurry:
+            timeout = min(timeout, PREEMPTED_CLOSE_SECONDS)
+        complete = self._sender.close(timeout)
         backend = self.backend
         self.event("tracking-closed", runId=backend.identity.run_id, complete=complete, sent=self._sender.sent,
                    errors=self.metrics.error_count, dropped=self.metrics.dropped_total(),
