@@ -144,7 +144,8 @@ def test_deployment_is_locked_down_and_probed():
     assert by_kind(render(), "PodDisruptionBudget") == []
     docs = render(*ALL_ON)
     deployment, _, _ = _args(docs)
-    assert deployment["spec"]["replicas"] == 2 and deployment["spec"]["strategy"] == {"type": "RollingUpdate"}
+    assert deployment["spec"]["replicas"] == 2 and deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     (pdb,) = by_kind(docs, "PodDisruptionBudget")
     assert pdb["spec"]["minAvailable"] == 1
     assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]

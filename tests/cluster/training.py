@@ -105,7 +105,19 @@ def wait_running(cluster: Cluster, ns: str, name: str, attempt: int, replicas: i
             return None
         running = {(p["name"]) for p in cluster.pod_processes() if p["namespace"] == ns and p.get("pid")}
         return pods if all(p["metadata"]["name"] in running for p in pods) else None
-    return cluster.wait_for(f"attempt {attempt} of {ns}/{name} running", probe, timeout=timeout)
+    try:
+        return cluster.wait_for(f"attempt {attempt} of {ns}/{name} running", probe, timeout=timeout)
+    except TimeoutError as e:  # say what the operator said about the job
+        pods = [(p["metadata"]["name"], p["metadata"]["labels"].get(ATTEMPT_LABEL), p["spec"].get("nodeName"),
+                 p.get("status", {}).get("phase"), p["metadata"].get("deletionTimestamp"))
+                for p in workers(cluster, ns, name)]
+        said = [(e["involvedObject"]["name"], e["reason"], e.get("message", "")[:200])
+                for e in events(cluster, ns, kind="Pod")][-6:]
+        nodes = [(n["metadata"]["name"], n["spec"].get("taints"))
+                 for n in cluster.get("nodes")["items"]]
+        raise TimeoutError(f"{e}; its pods (name, attempt, node, phase, deleting): {pods}; "
+                           f"their last events: {said}; node taints: {nodes}; "
+                           f"the job's status: {status(cluster, ns, name)}") from None
 
 
 def events(cluster: Cluster, ns: str, name: str | None = None, kind: str = "AdamWTrainingJob") -> list[dict[str, Any]]:

@@ -72,16 +72,19 @@ async def test_an_invalid_manifest_is_refused_like_the_cluster(tmp_path: Path) -
     assert not (tmp_path / "run").exists()  # nothing was started
 
 
-async def test_a_spec_that_cannot_run_gets_the_operators_message(tmp_path: Path) -> None:
-    """The real operator's InvalidSpec condition and the runner's refusal say the same thing."""
-    from tests.kube.emulator import kube_api
-    from tests.operator.harness import condition, running_operator
+@pytest.mark.cluster
+async def test_a_spec_that_cannot_run_gets_the_operators_message(tmp_path: Path, operator) -> None:
+    """The real operator's InvalidSpec condition (on the session's real control plane) and
+    the runner's refusal say the same thing."""
+    from tests.cluster.training import condition, status
 
     bad = tiny_job("unmountable", 9484, checkpointStorage={"volumeName": "nowhere"})
-    async with kube_api(workdir=tmp_path) as api, running_operator(api):
-        await api.client.create("awj", bad)
-        job = await api.client.wait_for("awj", "unmountable", lambda j: j and condition(j, "InvalidSpec"))
-    cluster_message = condition(job, "InvalidSpec")["message"]
+    with operator.namespace("local") as ns:
+        bad["metadata"]["namespace"] = ns
+        operator.apply(bad)
+        st = operator.wait_for("the InvalidSpec condition", lambda: (
+            lambda s: s if condition(s, "InvalidSpec") else None)(status(operator, ns, "unmountable")))
+    cluster_message = condition(st, "InvalidSpec")["message"]
     assert "spec.checkpointStorage.volumeName" in cluster_message
 
     run = await Run(write(tmp_path, bad), tmp_path / "run").start()

@@ -1,8 +1,8 @@
 """Pod status objects as a kubelet writes them (Running, terminated).
 
 The local runner keeps one such status per worker so the operator's own `observe_pod`
-reads local processes exactly as it reads pods; the tests' kubelets write the same
-objects into the API emulator.
+reads local processes exactly as it reads pods; the virtual kubelet
+(`adamw_operator.cluster.kubelet`) stamps its times the same way.
 """
 
 from __future__ import annotations
@@ -90,13 +90,3 @@ def pending_reason(pod: Obj, reason: str, message: str) -> Obj:
         for c in pod["spec"].get("containers", [])
     ]
     return status
-
-
-def set_status(new_status: Any):  # noqa: ANN201
-    """A change function for the emulator store: replace the pod's status."""
-
-    def change(pod: Obj) -> Obj:
-        pod["status"] = new_status
-        return pod
-
-    return change
