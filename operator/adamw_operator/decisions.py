@@ -253,9 +253,10 @@ def decide(
     if failure is None and missing and present and st.get("runningAttempt") == attempt:
         last = {w.rank: w for w in vanished if w.attempt == attempt}
         ranks = ", ".join(map(str, missing))
-        # Preempted only if it was disrupted AND its container was seen to end (the SIGTERM
-        # path); a pod force-deleted from a lost node never reported an end: PodLost.
-        if all(r in last and last[r].disrupted and last[r].finished for r in missing):
+        # Preempted only if it was disrupted AND its kubelet reported the container's exit
+        # code (the SIGTERM path). A pod of a lost node is disrupted too, and PodGC even
+        # marks it Failed before force-deleting it, but no kubelet saw it end: PodLost.
+        if all(r in last and last[r].disrupted and last[r].exit_code is not None for r in missing):
             failure = Failure("Preempted", missing[0], last[missing[0]].exit_code,
                               f"worker pod(s) of rank {ranks} were preempted or evicted and deleted")
         else:

@@ -165,6 +165,10 @@ def test_pod_deleted_after_an_eviction_before_the_operator_looked_is_a_preemptio
     lost = decide(spec=spec_of(), status=running_status(), workers=[worker(0)], now=NOW,
                   vanished=[worker(1, disrupted=True)])
     assert lost.status["lastFailure"]["reason"] == "PodLost"
+    # nor when PodGC marked it Failed on its way out: no kubelet reported an exit code
+    gc = decide(spec=spec_of(), status=running_status(), workers=[worker(0)], now=NOW,
+                vanished=[worker(1, phase="Failed", disrupted=True)])
+    assert gc.status["lastFailure"]["reason"] == "PodLost"
 
 
 def test_restart_budget_exhausted_fails():
