@@ -325,3 +325,21 @@ def test_a_preempted_trainer_does_not_spend_its_grace_period_on_a_dead_server(tm
     assert time.monotonic() - sent < 10  # not closeTimeoutSeconds: SIGKILL comes at the grace period's end
     closed = json_events(out, "tracking-closed")[0]
     assert not closed["complete"] and closed["errors"] > 0
+
+
+def test_log_checkpoints_uploads_the_checkpoint_bytes_into_the_run(tmp_path, mlflow_server):
+    import hashlib
+
+    cfg = tracked_config(tmp_path, mlflow_server, "log-bytes", training={"maxSteps": 40},
+                         data={"evalIntervalSteps": 0}, checkpoint={"intervalSteps": 20})
+    cfg["tracking"]["mlflow"]["logCheckpoints"] = True
+    done = run_trainer(write_config(tmp_path, cfg))
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = runs_of(mlflow_server, "log-bytes")
+    client = MlflowClient(mlflow_server.uri)
+    uploaded = {f.path for f in client.list_artifacts(run.info.run_id, "checkpoints/step-20")}
+    assert "checkpoints/step-20/model.pt" in uploaded, uploaded
+    local = CheckpointStore(Path(cfg["checkpoint"]["dir"])).verify(20).path / "model.pt"
+    (tmp_path / "dl").mkdir()
+    fetched = Path(client.download_artifacts(run.info.run_id, "checkpoints/step-20/model.pt", str(tmp_path / "dl")))
+    assert hashlib.sha256(fetched.read_bytes()).hexdigest() == hashlib.sha256(local.read_bytes()).hexdigest()
