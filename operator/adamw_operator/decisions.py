@@ -94,7 +94,7 @@ def classify(workers: list[WorkerObservation], max_steps: int) -> Failure | None
     # A preempted peer explains the others' rendezvous crashes.
     for w in failed:
         if w.preempted:
-            return Failure("Preempted", w.rank, w.exit_code, _describe(w))
+            return Failure("PodLost" if w.lost_with_node else "Preempted", w.rank, w.exit_code, _describe(w))
     if failed:
         w = failed[0]
         return Failure("Crashed", w.rank, w.exit_code, _describe(w))

@@ -12,6 +12,9 @@ from .api.constants import CONTAINER_NAME, LABEL_ATTEMPT, LABEL_RANK
 
 # Pod-level reasons and conditions that mean "the node or the scheduler took it away",
 # not "the training code failed": these restarts use the preemption budget.
+# Disruptions that mean the pod's node is gone (the taint manager on an out-of-service or
+# unreachable node, PodGC on a deleted or lost one): no kubelet will report an exit code.
+NODE_LOSS_REASONS = frozenset({"NodeLost", "DeletionByTaintManager", "DeletionByPodGC"})
 PREEMPTION_REASONS = frozenset(
     {"Evicted", "Preempted", "Preempting", "NodeLost", "NodeShutdown", "Terminated", "Shutdown",
      "DeletionByTaintManager", "TerminationByKubelet", "PreemptionByScheduler",
@@ -63,6 +66,11 @@ class WorkerObservation:
     @property
     def preempted(self) -> bool:
         return self.disrupted or self.contract_code == ExitCode.PREEMPTED
+
+    @property
+    def lost_with_node(self) -> bool:
+        """Disrupted because its node went away, and never seen to end by a kubelet."""
+        return self.disrupted and self.exit_code is None and self.reason in NODE_LOSS_REASONS
 
 
 def _int_label(labels: dict[str, str], key: str) -> int:

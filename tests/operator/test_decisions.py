@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -166,6 +167,9 @@ def test_pod_deleted_after_an_eviction_before_the_operator_looked_is_a_preemptio
                   vanished=[worker(1, disrupted=True)])
     assert lost.status["lastFailure"]["reason"] == "PodLost"
     # nor when PodGC marked it Failed on its way out: no kubelet reported an exit code
+    on_lost_node = replace(worker(1, phase="Failed", disrupted=True), reason="DeletionByPodGC")
+    seen = decide(spec=spec_of(), status=running_status(), workers=[worker(0), on_lost_node], now=NOW)
+    assert seen.status["lastFailure"]["reason"] == "PodLost" and seen.status["preemptions"] == 1
     gc = decide(spec=spec_of(), status=running_status(), workers=[worker(0)], now=NOW,
                 vanished=[worker(1, phase="Failed", disrupted=True)])
     assert gc.status["lastFailure"]["reason"] == "PodLost"
