@@ -38,6 +38,7 @@ from tests.cluster.training import (
     wait_finished,
     wait_phase,
     wait_running,
+    wait_status,
     worker_logs,
     workers,
 )
@@ -96,8 +97,8 @@ def test_crash_restarts_back_off_exponentially_until_the_restart_limit(operator:
             kill(operator, ns, "backoff-worker-0")
             killed_at = time.monotonic()
             if attempt < 3:
-                st = operator.wait_for(f"restart {attempt + 1}", lambda a=attempt: (
-                    lambda s: s if s.get("restarts") == a + 1 else None)(status(operator, ns, "backoff")))
+                st = wait_status(operator, ns, "backoff", f"restart {attempt + 1}",
+                                 lambda s, a=attempt: s.get("restarts") == a + 1)
                 delay = (_time(st["restartAfterTime"]) - _time(st["lastFailure"]["time"])).total_seconds()
                 assert delay == 2 ** attempt, st  # written by the operator: 1, 2, 4
                 assert st["message"].endswith(f" in {2 ** attempt} s"), st["message"]
@@ -163,8 +164,8 @@ def test_a_lost_node_restarts_the_gang_as_pod_lost(operator: Cluster):
         try:
             operator.wait_for(f"{node} Unknown", lambda: node_ready(operator, node) == "Unknown", timeout=60)
             operator.kubectl("taint", "node", node, "node.kubernetes.io/out-of-service=nodeshutdown:NoExecute")
-            st = operator.wait_for("the PodLost restart", lambda: (lambda st: st if st.get("attempt", 0) >= 1
-                                   else None)(status(operator, ns, "lost")), timeout=90)
+            st = wait_status(operator, ns, "lost", "the PodLost restart", lambda s: s.get("attempt", 0) >= 1,
+                             timeout=90)
             assert st["lastFailure"]["reason"] == "PodLost", st
             assert st["lastFailure"]["rank"] == int(lost["metadata"]["labels"]["training.adamw.io/replica-index"])
             st = wait_finished(operator, ns, "lost")

@@ -27,6 +27,7 @@ from tests.cluster.training import (
     training_job,
     wait_phase,
     wait_running,
+    wait_status,
     workers,
 )
 
@@ -37,8 +38,8 @@ LONG = {"training": {"maxSteps": 2000}}  # still running when each test ends
 def test_a_spec_no_pod_can_be_built_from_is_reported_creates_nothing_and_runs_once_fixed(operator: Cluster):
     with operator.namespace("inv") as ns:
         submit(operator, training_job("inv", ns, checkpointStorage={"volumeName": "nope"}, trainer=LONG))
-        st = operator.wait_for("the InvalidSpec condition", lambda: (
-            lambda s: s if condition(s, "InvalidSpec").get("status") == "True" else None)(status(operator, ns, "inv")))
+        st = wait_status(operator, ns, "inv", "the InvalidSpec condition",
+                         lambda s: condition(s, "InvalidSpec").get("status") == "True")
         assert "spec.checkpointStorage.volumeName" in condition(st, "InvalidSpec")["message"], st
         assert "nope" in condition(st, "InvalidSpec")["message"]
         assert workers(operator, ns, "inv") == []
@@ -59,8 +60,8 @@ def test_a_worker_pod_over_the_namespaces_quota_is_reported_once_then_cleared(op
         operator.wait_for("the quota's status", lambda: operator.get("resourcequota", "pods", ns)
                           .get("status", {}).get("hard"))
         submit(operator, training_job("quota", ns, trainer=LONG))
-        st = operator.wait_for("PodRejected", lambda: (lambda s: s if condition(s, "InvalidSpec").get(
-            "reason") == "PodRejected" else None)(status(operator, ns, "quota")))
+        st = wait_status(operator, ns, "quota", "PodRejected",
+                         lambda s: condition(s, "InvalidSpec").get("reason") == "PodRejected")
         message = condition(st, "InvalidSpec")["message"]
         assert "exceeded quota" in message and "pods=1" in message, message
         assert len(workers(operator, ns, "quota")) == 1  # the pods are created at once: one got in
@@ -69,8 +70,8 @@ def test_a_worker_pod_over_the_namespaces_quota_is_reported_once_then_cleared(op
         assert reasons(operator, ns, "quota").count("PodRejected") == 1
         operator.kubectl("delete", "resourcequota", "pods", "-n", ns)
         wait_running(operator, ns, "quota", attempt=0, replicas=2)
-        st = operator.wait_for("the condition cleared", lambda: (lambda s: s if condition(s, "InvalidSpec").get(
-            "status") == "False" else None)(status(operator, ns, "quota")))
+        st = wait_status(operator, ns, "quota", "the condition cleared",
+                         lambda s: condition(s, "InvalidSpec").get("status") == "False")
         assert "quota" not in condition(st, "InvalidSpec")["message"] and st["attempt"] == 0, st
         assert st["phase"] == "Running" and st["restarts"] == 0, st
 

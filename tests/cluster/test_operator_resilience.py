@@ -20,6 +20,7 @@ from tests.cluster.training import (
     wait_finished,
     wait_phase,
     wait_running,
+    wait_status,
     workers,
 )
 
@@ -45,9 +46,8 @@ def test_operator_killed_mid_job_comes_back_in_place_and_creates_no_duplicates(o
         kill(operator, SYSTEM, pod["metadata"]["name"])  # the operator's process: no shutdown at all
         # while it is down, a worker crashes: the operator that comes back must restart the gang once
         kill(operator, ns, "opkill-worker-1")
-        operator.wait_for("the operator restarted in place", lambda: (lambda p: _restart_count(p) > before and all(
-            c.get("ready") for c in p["status"]["containerStatuses"]))(operator.get("pod", pod["metadata"]["name"],
-                                                                                    SYSTEM)), timeout=90)
+        operator.wait_for("the operator restarted in place", lambda: (lambda p: _restart_count(p) > before and _ready(
+            [p]))(operator.get("pod", pod["metadata"]["name"], SYSTEM)), timeout=90)
         assert [p["metadata"]["uid"] for p in operator_pods(operator)] == [pod["metadata"]["uid"]]
         st = wait_finished(operator, ns, "opkill")
         assert st["phase"] == "Succeeded", st
@@ -80,8 +80,8 @@ def test_the_api_server_restarted_mid_job_every_watch_recovers(operator: Cluster
         assert st["phase"] == "Running" and st["restarts"] == 1 and st["attempt"] == 1, st
         assert st["lastFailure"]["rank"] == 1 and st["lastFailure"]["exitCode"] == 137, st
         # and rank 0's progress is polled again, through the restarted server
-        operator.wait_for("progress of attempt 1", lambda: status(operator, ns, "apirestart").get(
-            "progressAttempt") == 1, timeout=90)
+        wait_status(operator, ns, "apirestart", "progress of attempt 1", lambda s: s.get("progressAttempt") == 1,
+                    timeout=90)
         workers_created = {k: v for k, v in _created(operator, ns).items() if k != "canary"}
         assert workers_created == {"apirestart-worker-0": 2, "apirestart-worker-1": 2}
 

@@ -19,11 +19,11 @@ from tests.cluster.training import (
     kill,
     process_of,
     reasons,
-    status,
     submit,
     training_job,
     wait_finished,
     wait_running,
+    wait_status,
 )
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -65,13 +65,13 @@ def test_a_stopped_rank_is_a_hang_and_the_gang_restarts(operator: Cluster):
                                       trainer={"training": {"maxSteps": 2000}}))
         first = wait_running(operator, ns, "hang", attempt=0, replicas=2)
         # the operator polls rank 0's /status: the step moves
-        polled = operator.wait_for("step progress in the job's status", lambda: (
-            lambda s: s if s.get("step") and s.get("lastCheckpoint") else None)(status(operator, ns, "hang")), timeout=90)
+        polled = wait_status(operator, ns, "hang", "step progress",
+                             lambda s: s.get("step") and s.get("lastCheckpoint"), timeout=90)
         assert polled["loss"] > 0 and polled["tokensPerSecond"] > 0, polled  # rank 0's report, folded in
         stopped = kill(operator, ns, "hang-worker-1", signal.SIGSTOP)  # frozen, not dead
         try:
-            st = operator.wait_for("a Hung restart", lambda: (lambda s: s if (s.get("lastFailure") or {})
-                                   .get("reason") == "Hung" else None)(status(operator, ns, "hang")), timeout=90)
+            st = wait_status(operator, ns, "hang", "a Hung restart",
+                             lambda s: (s.get("lastFailure") or {}).get("reason") == "Hung", timeout=90)
             assert st["restarts"] == 1, st
             assert "no step progress for 10 s" in st["lastFailure"]["message"], st
             wait_running(operator, ns, "hang", attempt=1, replicas=2)

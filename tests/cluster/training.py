@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,10 +82,18 @@ def condition(st: dict[str, Any], kind: str) -> dict[str, Any]:
     return next((c for c in st.get("conditions") or [] if c["type"] == kind), {})
 
 
+def wait_status(cluster: Cluster, ns: str, name: str, what: str, holds: Callable[[dict[str, Any]], Any],
+                timeout: float = 60) -> dict[str, Any]:
+    """The job's status once `holds(status)` is true."""
+    def probe() -> dict[str, Any] | None:
+        st = status(cluster, ns, name)
+        return st if holds(st) else None
+    return cluster.wait_for(f"{ns}/{name}: {what}", probe, timeout=timeout)
+
+
 def wait_phase(cluster: Cluster, ns: str, name: str, *phases: str, timeout: float = 180) -> dict[str, Any]:
     """The job's status once its phase is one of `phases`."""
-    return cluster.wait_for(f"{ns}/{name} in {phases}", lambda: (
-        lambda st: st if st.get("phase") in phases else None)(status(cluster, ns, name)), timeout=timeout)
+    return wait_status(cluster, ns, name, f"phase in {phases}", lambda st: st.get("phase") in phases, timeout)
 
 
 def wait_finished(cluster: Cluster, ns: str, name: str, timeout: float = 180) -> dict[str, Any]:

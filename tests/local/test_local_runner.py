@@ -76,14 +76,14 @@ async def test_an_invalid_manifest_is_refused_like_the_cluster(tmp_path: Path) -
 async def test_a_spec_that_cannot_run_gets_the_operators_message(tmp_path: Path, operator) -> None:
     """The real operator's InvalidSpec condition (on the session's real control plane) and
     the runner's refusal say the same thing."""
-    from tests.cluster.training import condition, status
+    from tests.cluster.training import condition, wait_status
 
     bad = tiny_job("unmountable", 9484, checkpointStorage={"volumeName": "nowhere"})
     with operator.namespace("local") as ns:
         bad["metadata"]["namespace"] = ns
         operator.apply(bad)
-        st = operator.wait_for("the InvalidSpec condition", lambda: (
-            lambda s: s if condition(s, "InvalidSpec") else None)(status(operator, ns, "unmountable")))
+        st = wait_status(operator, ns, "unmountable", "the InvalidSpec condition",
+                         lambda s: condition(s, "InvalidSpec"))
     cluster_message = condition(st, "InvalidSpec")["message"]
     assert "spec.checkpointStorage.volumeName" in cluster_message
 
