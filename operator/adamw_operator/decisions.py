@@ -154,6 +154,8 @@ def _record_exit_messages(status: dict[str, Any], workers: list[WorkerObservatio
             continue
         if t.step and (status.get("step") or 0) < t.step:
             status["step"] = t.step
+            # The polled loss belongs to an older step: pair the final step with its own.
+            status["loss"] = round(t.loss, 6) if t.loss is not None else None
         if t.validation_loss is not None:
             status["validationLoss"] = round(t.validation_loss, 6)
         if t.best_validation_loss is not None:
@@ -167,7 +169,13 @@ def _record_exit_messages(status: dict[str, Any], workers: list[WorkerObservatio
         good = t.last_good_checkpoint_step
         known = (status.get("lastGoodCheckpoint") or {}).get("step", -1)
         if good is not None and good > known:
-            status["lastGoodCheckpoint"] = {"step": int(good)}
+            ref = {"step": int(good)}
+            if good == t.step and t.loss is not None:  # the final save: its loss is the last one
+                ref["loss"] = round(t.loss, 6)
+            status["lastGoodCheckpoint"] = ref
+            # A good checkpoint is a complete one: lastCheckpoint is never older than it.
+            if (status.get("lastCheckpoint") or {}).get("step", -1) < good:
+                status["lastCheckpoint"] = dict(ref)
 
 
 def decide(

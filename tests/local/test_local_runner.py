@@ -32,6 +32,12 @@ async def test_kill_9_restarts_the_gang_from_the_checkpoint(tmp_path: Path) -> N
     [resumed] = trainer_events(rank0, "resumed")
     assert resumed["step"] >= saved
     assert (run_dir / "loss.png").stat().st_size > 10_000
+    # The final status agrees with itself and with the log: the last step's loss, and the
+    # final save as both the newest and the newest good checkpoint.
+    final = json.loads((run_dir / "status.json").read_text())["status"]
+    assert final["lastCheckpoint"]["step"] == final["lastGoodCheckpoint"]["step"] == 1500
+    last = trainer_events(rank0, "train")[-1]
+    assert last["step"] == 1500 and final["loss"] == pytest.approx(last["loss"], abs=1e-5)
 
 
 async def test_ctrl_c_saves_and_the_same_command_resumes(tmp_path: Path) -> None:

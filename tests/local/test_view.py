@@ -28,9 +28,9 @@ def test_an_interrupted_run_says_how_to_resume(tmp_path: Path) -> None:
     text = summary("job", {"phase": "Running", "step": 80, "maxSteps": 400,
                            "lastGoodCheckpoint": {"step": 80}},
                    interrupted=True, wall_seconds=12.3, run_dir=tmp_path, plot=None,
-                   first_loss=5.5, last_loss=3.25)
+                   first_loss=5.5, last_loss=3.25, loss_steps=(10, 80))
     assert "job: Interrupted after 12 s" in text
-    assert "5.5000 -> 3.2500" in text and "step 80" in text
+    assert "5.5000 -> 3.2500 (training, steps 10 -> 80)" in text and "step 80" in text
     assert "run the same command again to resume" in text
 
 

@@ -424,3 +424,17 @@ def test_a_nonzero_exit_is_never_a_success_whatever_the_message_says():
     plan = decide(spec=spec_of(), status=running_status(), now=NOW,
                   workers=[converged(0, "TargetReached"), lying])
     assert plan.status["phase"] == "Restarting" and plan.status["lastFailure"]["reason"] == "Crashed"
+
+
+def test_the_final_status_pairs_the_last_step_with_its_loss_and_checkpoint() -> None:
+    """`make demo` once ended with lastCheckpoint at the last poll's step (350 of 400),
+    lastGoodCheckpoint at 400 without a loss, and the poll's loss beside step 400."""
+    polled = running_status(step=35, loss=1.8508, lastCheckpoint={"step": 30, "loss": 1.85},
+                            lastGoodCheckpoint={"step": 30, "loss": 1.85})
+    done = [replace(worker(r, exit_code=0), termination=TerminationMessage(
+        reason="Succeeded", exit_code=0, step=40, last_good_checkpoint_step=40, loss=1.7633))
+        for r in (0, 1)]
+    st = decide(spec=spec_of(), status=polled, workers=done, now=NOW).status
+    assert st["phase"] == "Succeeded" and st["step"] == 40 and st["loss"] == 1.7633
+    assert st["lastGoodCheckpoint"] == {"step": 40, "loss": 1.7633}
+    assert st["lastCheckpoint"]["step"] == 40

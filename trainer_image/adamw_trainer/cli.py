@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         validation_loss=convergence.last_loss,
         best_validation_loss=convergence.best_loss,
         best_checkpoint_step=trainer.checkpoints.best_step,
+        loss=trainer.last_loss,
     ).write(termination_path)
     return int(code)
 

@@ -100,6 +100,9 @@ class TerminationMessage:
     validation_loss: float | None = None
     best_validation_loss: float | None = None
     best_checkpoint_step: int | None = None
+    # The last logged training loss (the mean of the last log interval), so the job status
+    # pairs the final step with its loss rather than with the last poll's.
+    loss: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -124,6 +127,7 @@ class TerminationMessage:
             validation_loss=_float_or_none(data.get("validationLoss")),
             best_validation_loss=_float_or_none(data.get("bestValidationLoss")),
             best_checkpoint_step=_int_or_none(data.get("bestCheckpointStep")),
+            loss=_float_or_none(data.get("loss")),
             extra=data.get("extra", {}) or {},
         )
 

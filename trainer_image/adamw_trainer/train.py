@@ -672,6 +672,11 @@ class Trainer:
     def last_good_checkpoint_step(self) -> int | None:
         return self.checkpoints.last_good_step
 
+    @property
+    def last_loss(self) -> float | None:
+        """The last logged training loss; None before the first log line or when not finite."""
+        return self._last_loss if math.isfinite(self._last_loss) else None
+
     def close(self, outcome: str | None = None) -> None:
         """Wait for the last checkpoint write, record the outcome (tracking), stop serving."""
         self.checkpoints.close(timeout=0 if self.checkpoints.abandon_writes else None)

@@ -112,7 +112,8 @@ async def _run_locked(name: str, namespace: str, spec, manifest: Path, run_dir: 
     view.message(summary(
         name, status, interrupted=job.interrupted, wall_seconds=time.monotonic() - started,
         run_dir=job.root, plot=plot, first_loss=points[0][1] if points else None,
-        last_loss=points[-1][1] if points else None, target=spec.trainer.training.target_validation_loss))
+        last_loss=points[-1][1] if points else None, target=spec.trainer.training.target_validation_loss,
+        loss_steps=(points[0][0], points[-1][0]) if points else None))
     if job.interrupted and status.get("phase") not in ("Succeeded", "Failed"):
         return EXIT_INTERRUPTED
     return EXIT_OK if status.get("phase") == "Succeeded" else EXIT_FAILED

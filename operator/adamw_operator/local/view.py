@@ -105,7 +105,7 @@ def _phase(line: str) -> str:
 
 def summary(name: str, status: dict[str, Any], *, interrupted: bool, wall_seconds: float,
             run_dir: Path, plot: Path | None, first_loss: float | None, last_loss: float | None,
-            target: float | None = None) -> str:
+            target: float | None = None, loss_steps: tuple[int, int] | None = None) -> str:
     """The closing report: did it finish, did it converge, where are the results."""
     phase = "Interrupted" if interrupted and status.get("phase") not in ("Succeeded", "Failed") \
         else status.get("phase", "?")
@@ -116,7 +116,9 @@ def summary(name: str, status: dict[str, Any], *, interrupted: bool, wall_second
         f"  steps        {status.get('step', '-')} of {status.get('maxSteps', '-')}",
     ]
     if first_loss is not None and last_loss is not None:
-        lines.append(f"  loss         {first_loss:.4f} -> {last_loss:.4f} (training)")
+        # Log-interval means, the same numbers the live line shows, at the steps they belong to.
+        at = f", steps {loss_steps[0]} -> {loss_steps[1]}" if loss_steps else ""
+        lines.append(f"  loss         {first_loss:.4f} -> {last_loss:.4f} (training{at})")
     val, best = status.get("validationLoss"), status.get("bestValidationLoss")
     if isinstance(val, (int, float)):
         best_ckpt = (status.get("bestCheckpoint") or {}).get("step")
