@@ -25,12 +25,12 @@ from .api.spec import AdamWTrainingJobSpec, parse_spec, with_default_image
 from .builders.configmap import build_configmap
 from .builders.pods import build_worker_pod
 from .builders.service import build_service
-from .decisions import Event, Plan, backoff_seconds, decide
+from .decisions import Event, Plan, decide
 from .kube import ApiError, KubeClient
 from .metrics import OperatorMetrics
 from .observe import WorkerObservation, observe_pod
 from .progress import fold_progress, read_status
-from .status import TERMINAL_PHASES, get_condition, rfc3339, set_condition
+from .status import TERMINAL_PHASES, get_condition, rfc3339
 
 log = logging.getLogger("adamw_operator")
 Key = tuple[str, str]
@@ -59,7 +59,6 @@ class Controller:
         poll_interval: float = 10.0,
         resync_interval: float = 60.0,
         tick: float = 0.1,
-        rejected_retry_seconds: float = 30.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         default_image: str | None = None,
     ):
@@ -69,7 +68,6 @@ class Controller:
         self.poll_interval = poll_interval
         self.resync_interval = resync_interval
         self.tick = tick
-        self.rejected_retry_seconds = rejected_retry_seconds
         self.clock = clock
         self._locks: dict[Key, asyncio.Lock] = {}
         self._dirty: set[Key] = set()
@@ -206,64 +204,52 @@ class Controller:
         uid, generation = meta.get("uid", ""), meta.get("generation")
         status = body.get("status") or {}
         now = self.clock()
+        spec: AdamWTrainingJobSpec | None = None
+        problems: list[str] = []
         try:
             spec = with_default_image(parse_spec(body.get("spec")), self.default_image)
         except ConfigError as err:
-            await self._report_unparsable(body, status, err.problems, now, generation)
-            return
-        pods = await self.kube.list_pods(namespace, f"{LABEL_JOB}={name}")
-        owned = [p for p in pods if _owned_by(p, uid)]
-        workers = [observe_pod(p) for p in owned]
-        self._remember_rank0(key, spec, workers, status.get("attempt", 0))
-        plan = decide(spec=spec, status=status, workers=workers, now=now, generation=generation,
-                      vanished=list(self._vanished.get(key, {}).values()))
-        await self._apply(body, spec, plan, workers)
+            problems = err.problems
+        workers: list[WorkerObservation] = []
+        if spec is not None:
+            pods = await self.kube.list_pods(namespace, f"{LABEL_JOB}={name}")
+            workers = [observe_pod(p) for p in pods if _owned_by(p, uid)]
+            self._remember_rank0(key, spec, workers, status.get("attempt", 0))
+        observed = dict(spec=spec, workers=workers, generation=generation, spec_problems=problems,
+                        vanished=list(self._vanished.get(key, {}).values()))
+        plan = decide(status=status, now=now, **observed)
+        version = await self._apply(body, status, spec, plan)
+        if spec is not None and plan.create_ranks:
+            refused = await self._create_workers(namespace, name, uid, spec, plan.status, plan.create_ranks)
+            if refused is not None:
+                # The refusal is an observation like any other: decide again with it (it creates
+                # nothing in answer) and carry that out, conditionally on the version just written.
+                after = decide(status=plan.status, now=self.clock(), rejected=refused, **observed)
+                await self._apply(body, plan.status, spec, after, version)
+            elif key in self._failure_seen:
+                seen, delay = self._failure_seen.pop(key)
+                self.metrics.replacement_seconds.observe(max(0.0, time.monotonic() - seen - delay))
 
-    async def _apply(self, body: dict[str, Any], spec: AdamWTrainingJobSpec, plan: Plan,
-                     workers: list[WorkerObservation]) -> None:
+    async def _apply(self, body: dict[str, Any], old: dict[str, Any], spec: AdamWTrainingJobSpec | None,
+                     plan: Plan, version: str | None = None) -> str | None:
+        """Everything in the Plan but pod creation; the job's resourceVersion after it."""
         meta = body["metadata"]
-        namespace, name, uid = meta["namespace"], meta["name"], meta.get("uid", "")
+        namespace, name = meta["namespace"], meta["name"]
         key = (namespace, name)
-        old = body.get("status") or {}
         st = plan.status
         # Status first: once the next attempt number is stored, a crash of this process
         # between here and the deletes can never count the same failure twice.
         patch = merge_patch(old, st)
-        version = meta.get("resourceVersion")
+        version = version or meta.get("resourceVersion")
         if patch:
             version = await self._write_status(namespace, name, patch, version)
-        written = dict(st)
-        if plan.failure_observed:
-            reason = (st.get("lastFailure") or {}).get("reason", "Unknown")
-            self.metrics.restarts.labels(namespace=namespace, job_name=name, reason=reason).inc()
-            preempted = reason in ("Preempted", "PodLost")
-            delay = 0.0 if preempted else backoff_seconds(spec, st.get("restarts", 0))
-            self._failure_seen[key] = (time.monotonic(), delay)
+        if plan.restart is not None:
+            self.metrics.restarts.labels(namespace=namespace, job_name=name, reason=plan.restart.reason).inc()
+            self._failure_seen[key] = (time.monotonic(), plan.restart.delay)
         if st.get("phase") == "Failed" and old.get("phase") != "Failed":
             reason = (get_condition(st, "Failed") or {}).get("reason", "Unknown")
             self.metrics.failures.labels(namespace=namespace, job_name=name, reason=reason).inc()
         await asyncio.gather(*(self.kube.delete_pod(namespace, n) for n in plan.delete_pods))
-        if plan.create_ranks:
-            refused = await self._create_workers(namespace, name, uid, spec, st, plan.create_ranks)
-            if refused:
-                message = f"the API server refused a worker pod: {refused}"
-                set_condition(st, "InvalidSpec", True, "PodRejected", message, self.clock(),
-                              st.get("observedGeneration"))
-                st["message"] = message
-                before = get_condition(old, "InvalidSpec") or {}
-                if before.get("message") != message:  # retried periodically; said once
-                    plan.events.append(Event("Warning", "PodRejected", message))
-                plan.requeue(self.rejected_retry_seconds)
-                await self._write_status(namespace, name, merge_patch(written, st), None)
-            else:
-                if key in self._failure_seen:
-                    seen, delay = self._failure_seen.pop(key)
-                    self.metrics.replacement_seconds.observe(max(0.0, time.monotonic() - seen - delay))
-                rejected = get_condition(st, "InvalidSpec") or {}
-                if rejected.get("reason") == "PodRejected" and rejected.get("status") == "True":
-                    set_condition(st, "InvalidSpec", False, "PodsCreated", "", self.clock(),
-                                  st.get("observedGeneration"))
-                    await self._write_status(namespace, name, merge_patch(written, st), None)
         for event in plan.events:
             await self.post_event(body, event)
         self._phase[key] = st.get("phase")
@@ -271,9 +257,10 @@ class Controller:
         if plan.delete_job:
             await self.kube.delete_job(namespace, name)
             self.forget(namespace, name)
-            return
+            return version
         if plan.requeue_after is not None:
             self._requeue(key, plan.requeue_after)
+        return version
 
     async def _write_status(self, namespace: str, name: str, patch: dict[str, Any],
                             resource_version: str | None) -> str | None:
@@ -306,21 +293,6 @@ class Controller:
                 return err.message
             raise
         return None
-
-    async def _report_unparsable(self, body: dict[str, Any], status: dict[str, Any],
-                                 problems: list[str], now: datetime, generation: int | None) -> None:
-        """A spec the schema let through (an old CRD, a cluster without validation)."""
-        meta = body["metadata"]
-        st = dict(status)
-        message = "; ".join(problems)
-        set_condition(st, "InvalidSpec", True, "InvalidSpec", message, now, generation)
-        st["phase"] = st.get("phase") or "Pending"
-        st["message"] = f"spec cannot run, fix it: {message}"
-        st["observedGeneration"] = generation
-        patch = merge_patch(status, st)
-        if patch:
-            await self.kube.patch_job_status(meta["namespace"], meta["name"], patch)
-            await self.post_event(body, Event("Warning", "InvalidSpec", message))
 
     # Events ------------------------------------------------------------------------
     async def post_event(self, body: dict[str, Any], event: Event) -> None:

@@ -41,6 +41,8 @@ from .status import (
 
 # Re-check soon when children are still going away (a watch event normally comes first).
 WAIT_FOR_DELETION_SECONDS = 2.0
+# A worker pod the API server refused (quota, admission): asked again at least this often.
+REJECTED_RETRY_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,14 @@ class Event:
     type: str  # Normal or Warning
     reason: str  # CamelCase
     message: str
+
+
+@dataclass(frozen=True)
+class Restart:
+    """A gang restart decided now: why, and the backoff before the next attempt's pods."""
+
+    reason: str  # the failure kind (Crashed, Preempted, ...)
+    delay: float
 
 
 @dataclass
@@ -60,7 +70,7 @@ class Plan:
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
     delete_job: bool = False
-    failure_observed: bool = False  # a gang restart began now (for the latency metric)
+    restart: Restart | None = None  # a gang restart began now (metrics: restarts, latency)
 
     def requeue(self, seconds: float) -> None:
         seconds = max(0.0, seconds)
@@ -180,22 +190,32 @@ def _record_exit_messages(status: dict[str, Any], workers: list[WorkerObservatio
 
 def decide(
     *,
-    spec: AdamWTrainingJobSpec,
+    spec: AdamWTrainingJobSpec | None,
     status: dict[str, Any] | None,
     workers: list[WorkerObservation],
     now: datetime,
     generation: int | None = None,
     vanished: Sequence[WorkerObservation] = (),
+    spec_problems: Sequence[str] = (),
+    rejected: str | None = None,
 ) -> Plan:
-    """The next step for one job. `vanished`: the last observation of worker pods that
-    were deleted before a fresh list could show how they ended (an evicted pod is often
-    gone by then), so a preemption is not mistaken for a lost pod."""
+    """The next step for one job.
+
+    Observations besides the pods: `vanished`, the last observation of worker pods that were
+    deleted before a fresh list could show how they ended (an evicted pod is often gone by
+    then), so a preemption is not mistaken for a lost pod; `spec_problems`, why the spec did
+    not parse (`spec` is None then: a spec the schema let through, from an old CRD); and
+    `rejected`, the API server's message when it just refused a worker pod of this Plan's
+    attempt (nothing is created in answer; the next reconcile tries again).
+    """
     st = copy.deepcopy(status or {})
     for key in ("attempt", "restarts", "preemptions", "restartsWithoutProgress"):
         st.setdefault(key, 0)
     st["observedGeneration"] = generation
-    st["maxSteps"] = spec.trainer.training.max_steps
     plan = Plan(status=st)
+    if spec is None or spec_problems:
+        return _invalid_spec(plan, list(spec_problems) or ["spec: missing"], now, generation)
+    st["maxSteps"] = spec.trainer.training.max_steps
     attempt = st["attempt"]
     current = [w for w in workers if w.attempt == attempt]
     stale = [w for w in workers if w.attempt != attempt]
@@ -209,13 +229,7 @@ def decide(
 
     problems = runtime_problems(spec)
     if problems:
-        message = "; ".join(problems)
-        if not condition_true(st, "InvalidSpec") or get_condition(st, "InvalidSpec")["message"] != message:
-            plan.events.append(Event("Warning", "InvalidSpec", message))
-        set_condition(st, "InvalidSpec", True, "InvalidSpec", message, now, generation)
-        st["phase"] = st.get("phase") or "Pending"
-        st["message"] = f"spec cannot run, fix it: {message}"
-        return plan  # no pods are created and nothing is deleted
+        return _invalid_spec(plan, problems, now, generation)
     invalid = get_condition(st, "InvalidSpec")
     if invalid and invalid.get("reason") != "PodRejected":  # that one clears once pods are accepted
         set_condition(st, "InvalidSpec", False, "SpecValid", "", now, generation)
@@ -311,13 +325,17 @@ def decide(
     creatable = [r for r in missing if r not in occupied]
     if len(creatable) < len(missing):
         plan.requeue(WAIT_FOR_DELETION_SECONDS)  # old attempt's pods still hold the names
-    if creatable:
+    if rejected is not None:
+        _pod_rejected(plan, rejected, now, generation)
+    elif creatable:
         plan.create_ranks = creatable
         if not st.get("startTime"):
             st["startTime"] = rfc3339(now)
         if spec.active_deadline_seconds:
             plan.requeue(spec.active_deadline_seconds)
 
+    if not missing and condition_true(st, "InvalidSpec"):  # every pod of the attempt got in
+        set_condition(st, "InvalidSpec", False, "PodsCreated", "", now, generation)
     # Workers that already finished cleanly wait for their peers: still a running job.
     # An Unknown pod (its node stopped reporting) is still a member until it is gone.
     running = len(current) == spec.replicas and all(
@@ -340,8 +358,35 @@ def decide(
         stuck = next((w for w in sorted(current, key=lambda w: w.rank) if w.waiting), None)
         if stuck is not None:
             st["message"] += f"; rank {stuck.rank}: {stuck.waiting}"
+        refused = get_condition(st, "InvalidSpec") or {}
+        if refused.get("reason") == "PodRejected" and refused.get("status") == "True":
+            st["message"] = refused["message"]  # what holds the job up
         set_condition(st, "Running", False, "WorkersPending", st["message"], now, generation)
     return plan
+
+
+def _invalid_spec(plan: Plan, problems: list[str], now: datetime, generation: int | None) -> Plan:
+    """A spec that cannot run: say so (an Event once per message); create and delete nothing."""
+    st = plan.status
+    message = "; ".join(problems)
+    if not condition_true(st, "InvalidSpec") or get_condition(st, "InvalidSpec")["message"] != message:
+        plan.events.append(Event("Warning", "InvalidSpec", message))
+    set_condition(st, "InvalidSpec", True, "InvalidSpec", message, now, generation)
+    st["phase"] = st.get("phase") or "Pending"
+    st["message"] = f"spec cannot run, fix it: {message}"
+    return plan
+
+
+def _pod_rejected(plan: Plan, refusal: str, now: datetime, generation: int | None) -> None:
+    """The API server refused a worker pod: a condition and an Event once per message, and a
+    retry later (the next reconcile creates again: a quota may be raised, a webhook fixed)."""
+    st = plan.status
+    message = f"the API server refused a worker pod: {refusal}"
+    before = get_condition(st, "InvalidSpec") or {}
+    if before.get("reason") != "PodRejected" or before.get("message") != message:
+        plan.events.append(Event("Warning", "PodRejected", message))
+    set_condition(st, "InvalidSpec", True, "PodRejected", message, now, generation)
+    plan.requeue(REJECTED_RETRY_SECONDS)
 
 
 def _success(st: dict[str, Any], spec: AdamWTrainingJobSpec, current: list[WorkerObservation],
@@ -485,5 +530,5 @@ def _on_failure(
     set_condition(st, "Running", False, failure.kind, st["message"], now, generation)
     plan.events.append(Event("Warning", f"{failure.kind}Restart", st["message"]))
     plan.delete_pods += [w.name for w in current if not w.deleting and w.name not in plan.delete_pods]
-    plan.failure_observed = True
+    plan.restart = Restart(failure.kind, delay)
     return plan

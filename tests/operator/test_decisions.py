@@ -438,3 +438,45 @@ def test_the_final_status_pairs_the_last_step_with_its_loss_and_checkpoint() -> 
     assert st["phase"] == "Succeeded" and st["step"] == 40 and st["loss"] == 1.7633
     assert st["lastGoodCheckpoint"] == {"step": 40, "loss": 1.7633}
     assert st["lastCheckpoint"]["step"] == 40
+
+
+def test_a_refused_worker_pod_is_said_once_and_retried_then_cleared() -> None:
+    """The API server's refusal is an observation `decide` answers, not the executor."""
+    spec = spec_of()
+    one_in = [worker(0, phase="Pending")]
+    first = decide(spec=spec, status={"attempt": 0}, workers=one_in, now=NOW)
+    assert first.create_ranks == [1]
+    refused = decide(spec=spec, status=first.status, workers=one_in, now=NOW,
+                     rejected="pods \"demo-worker-1\" is forbidden: exceeded quota: pods, limited: pods=1")
+    cond = get_condition(refused.status, "InvalidSpec")
+    assert cond["status"] == "True" and cond["reason"] == "PodRejected" and "exceeded quota" in cond["message"]
+    assert [e.reason for e in refused.events] == ["PodRejected"] and refused.create_ranks == []
+    assert refused.requeue_after is not None and refused.requeue_after <= 30
+    assert "exceeded quota" in refused.status["message"]
+    again = decide(spec=spec, status=refused.status, workers=one_in, now=NOW + timedelta(seconds=5),
+                   rejected="pods \"demo-worker-1\" is forbidden: exceeded quota: pods, limited: pods=1")
+    assert again.events == []  # the same refusal is not said twice
+    retry = decide(spec=spec, status=again.status, workers=one_in, now=NOW + timedelta(seconds=6))
+    assert retry.create_ranks == [1]  # tried again on the next reconcile
+    both = decide(spec=spec, status=retry.status, workers=[worker(0), worker(1)], now=NOW + timedelta(seconds=7))
+    cond = get_condition(both.status, "InvalidSpec")
+    assert cond["status"] == "False" and cond["reason"] == "PodsCreated"
+    assert both.status["phase"] == "Running"
+
+
+def test_a_spec_that_does_not_parse_is_reported_and_nothing_is_touched() -> None:
+    plan = decide(spec=None, status=running_status(), workers=[worker(0), worker(1)], now=NOW, generation=3,
+                  spec_problems=["spec.replicas: Input should be a valid integer"])
+    cond = get_condition(plan.status, "InvalidSpec")
+    assert cond["status"] == "True" and "spec.replicas" in cond["message"]
+    assert plan.create_ranks == [] and plan.delete_pods == [] and plan.status["observedGeneration"] == 3
+    assert [e.reason for e in plan.events] == ["InvalidSpec"]
+
+
+def test_a_restart_carries_its_backoff_for_the_executor() -> None:
+    spec = spec_of(restartPolicy={"backoffSeconds": 4, "maxBackoffSeconds": 60})
+    crash = decide(spec=spec, status=running_status(), workers=[worker(0), worker(1, exit_code=1)], now=NOW)
+    assert crash.restart is not None and crash.restart.reason == "Crashed" and crash.restart.delay == 4
+    lost = decide(spec=spec, status=running_status(), workers=[worker(0), worker(1, exit_code=143, disrupted=True)],
+                  now=NOW)
+    assert lost.restart is not None and lost.restart.reason == "Preempted" and lost.restart.delay == 0
