@@ -28,6 +28,7 @@ from typing import Any
 from adamw_trainer.exit_codes import EARLY_SUCCESS_REASONS, ExitCode, ExitReason, success_reason
 
 from .api.checks import runtime_problems
+from .api.enums import DISRUPTIONS, ConditionType, FailureKind, Phase
 from .api.spec import AdamWTrainingJobSpec
 from .observe import WorkerObservation
 from .status import (
@@ -56,7 +57,7 @@ class Event:
 class Restart:
     """A gang restart decided now: why, and the backoff before the next attempt's pods."""
 
-    reason: str  # the failure kind (Crashed, Preempted, ...)
+    reason: FailureKind
     delay: float
 
 
@@ -79,7 +80,7 @@ class Plan:
 
 @dataclass(frozen=True)
 class Failure:
-    kind: str  # Crashed, InvalidConfig, Diverged, Preempted, Hung, PodLost, ExitedEarly
+    kind: FailureKind
     rank: int | None
     exit_code: int | None
     message: str
@@ -97,22 +98,22 @@ def classify(workers: list[WorkerObservation], max_steps: int) -> Failure | None
     """The failure that explains this attempt, most decisive first; None when none."""
     failed = sorted((w for w in workers if w.failed), key=lambda w: w.rank)
     by_code = {w.contract_code: w for w in reversed(failed)}
-    for code, kind in ((ExitCode.INVALID_CONFIG, "InvalidConfig"), (ExitCode.DIVERGED, "Diverged")):
+    for code, kind in ((ExitCode.INVALID_CONFIG, FailureKind.INVALID_CONFIG), (ExitCode.DIVERGED, FailureKind.DIVERGED)):
         if code in by_code and not by_code[code].disrupted:
             w = by_code[code]
             return Failure(kind, w.rank, w.exit_code, _describe(w))
     # A preempted peer explains the others' rendezvous crashes.
     for w in failed:
         if w.preempted:
-            return Failure("PodLost" if w.lost_with_node else "Preempted", w.rank, w.exit_code, _describe(w))
+            return Failure(FailureKind.POD_LOST if w.lost_with_node else FailureKind.PREEMPTED, w.rank, w.exit_code, _describe(w))
     if failed:
         w = failed[0]
-        return Failure("Crashed", w.rank, w.exit_code, _describe(w))
+        return Failure(FailureKind.CRASHED, w.rank, w.exit_code, _describe(w))
     for w in sorted(workers, key=lambda w: w.rank):
         early = w.exit_code == 0 and w.termination is not None and w.termination.step < max_steps
         if early and success_reason(w.exit_code, w.termination) not in EARLY_SUCCESS_REASONS:
             return Failure(
-                "ExitedEarly",
+                FailureKind.EXITED_EARLY,
                 w.rank,
                 0,
                 f"rank {w.rank} exited 0 at step {w.termination.step} of {max_steps}",
@@ -230,30 +231,30 @@ def decide(
     problems = runtime_problems(spec)
     if problems:
         return _invalid_spec(plan, problems, now, generation)
-    invalid = get_condition(st, "InvalidSpec")
+    invalid = get_condition(st, ConditionType.INVALID_SPEC)
     if invalid and invalid.get("reason") != "PodRejected":  # that one clears once pods are accepted
-        set_condition(st, "InvalidSpec", False, "SpecValid", "", now, generation)
+        set_condition(st, ConditionType.INVALID_SPEC, False, "SpecValid", "", now, generation)
 
     plan.delete_pods += [w.name for w in stale if not w.deleting]
 
     if spec.suspend:
         plan.delete_pods += [w.name for w in current if not w.deleting]
-        if st.get("phase") != "Suspended":
+        if st.get("phase") != Phase.SUSPENDED:
             plan.events.append(Event("Normal", "Suspended", "job suspended; workers deleted"))
             # The workers now exit 143 after saving; a fresh attempt on resume means those
             # exits belong to an old attempt and are never mistaken for a preemption.
             if current:
                 st["attempt"] += 1
-        st["phase"] = "Suspended"
+        st["phase"] = Phase.SUSPENDED
         st["message"] = "suspended; set spec.suspend to false to resume from the last checkpoint"
-        set_condition(st, "Suspended", True, "Suspended", "spec.suspend is true", now, generation)
-        set_condition(st, "Running", False, "Suspended", "", now, generation)
+        set_condition(st, ConditionType.SUSPENDED, True, "Suspended", "spec.suspend is true", now, generation)
+        set_condition(st, ConditionType.RUNNING, False, "Suspended", "", now, generation)
         st.pop("restartAfterTime", None)
         return plan
-    if condition_true(st, "Suspended"):
-        set_condition(st, "Suspended", False, "Resumed", "spec.suspend is false", now, generation)
+    if condition_true(st, ConditionType.SUSPENDED):
+        set_condition(st, ConditionType.SUSPENDED, False, "Resumed", "spec.suspend is false", now, generation)
         plan.events.append(Event("Normal", "Resumed", "job resumed; recreating workers"))
-        st["phase"] = "Pending"
+        st["phase"] = Phase.PENDING
         st.pop("startTime", None)  # as for a batch Job: time suspended is not active time
 
     start = parse_time(st.get("startTime"))  # the deadline clock stops while suspended
@@ -279,19 +280,19 @@ def decide(
         # code (the SIGTERM path). A pod of a lost node is disrupted too, and PodGC even
         # marks it Failed before force-deleting it, but no kubelet saw it end: PodLost.
         if all(r in last and last[r].disrupted and last[r].exit_code is not None for r in missing):
-            failure = Failure("Preempted", missing[0], last[missing[0]].exit_code,
+            failure = Failure(FailureKind.PREEMPTED, missing[0], last[missing[0]].exit_code,
                               f"worker pod(s) of rank {ranks} were preempted or evicted and deleted")
         else:
-            failure = Failure("PodLost", missing[0], None,
+            failure = Failure(FailureKind.POD_LOST, missing[0], None,
                               f"worker pod(s) of rank {ranks} disappeared while the job ran")
-    if (failure is None and st.get("phase") == "Running" and spec.progress_deadline_seconds
+    if (failure is None and st.get("phase") == Phase.RUNNING and spec.progress_deadline_seconds
             and st.get("progressAttempt") == attempt):  # armed once rank 0's /status answered
         last = parse_time(st.get("lastProgressTime"))
         if last is not None:
             due = last + timedelta(seconds=spec.progress_deadline_seconds)
             if now >= due:
                 failure = Failure(
-                    "Hung", 0, None,
+                    FailureKind.HUNG, 0, None,
                     f"no step progress for {spec.progress_deadline_seconds} s "
                     f"(progressDeadlineSeconds), last at step {st.get('step')}",
                 )
@@ -304,11 +305,11 @@ def decide(
         w.exit_code == 0 or (w.phase == "Succeeded" and w.exit_code is None) for w in current
     ):
         reason = _success(st, spec, current, now)
-        st["phase"] = "Succeeded"
+        st["phase"] = Phase.SUCCEEDED
         st["completionTime"] = rfc3339(now)
         st.pop("restartAfterTime", None)
-        set_condition(st, "Succeeded", True, reason.value, st["message"], now, generation)
-        set_condition(st, "Running", False, reason.value, "", now, generation)
+        set_condition(st, ConditionType.SUCCEEDED, True, reason.value, st["message"], now, generation)
+        set_condition(st, ConditionType.RUNNING, False, reason.value, "", now, generation)
         plan.events.append(Event("Normal", reason.value, st["message"]))
         plan.delete_pods += _cleanup(spec.clean_pod_policy, current)
         _ttl(plan, spec, st, now)
@@ -316,7 +317,7 @@ def decide(
 
     after = parse_time(st.get("restartAfterTime"))
     if after is not None and now < after:
-        st["phase"] = "Restarting"
+        st["phase"] = Phase.RESTARTING
         plan.requeue((after - now).total_seconds())
         return plan
     st.pop("restartAfterTime", None)
@@ -334,8 +335,8 @@ def decide(
         if spec.active_deadline_seconds:
             plan.requeue(spec.active_deadline_seconds)
 
-    if not missing and condition_true(st, "InvalidSpec"):  # every pod of the attempt got in
-        set_condition(st, "InvalidSpec", False, "PodsCreated", "", now, generation)
+    if not missing and condition_true(st, ConditionType.INVALID_SPEC):  # every pod of the attempt got in
+        set_condition(st, ConditionType.INVALID_SPEC, False, "PodsCreated", "", now, generation)
     # Workers that already finished cleanly wait for their peers: still a running job.
     # An Unknown pod (its node stopped reporting) is still a member until it is gone.
     running = len(current) == spec.replicas and all(
@@ -343,25 +344,25 @@ def decide(
     )
     if running:
         st["runningAttempt"] = attempt  # from now on a vanished pod is a lost pod
-        if st.get("phase") != "Running":
+        if st.get("phase") != Phase.RUNNING:
             st["lastProgressTime"] = rfc3339(now)  # the hang clock starts when all run
             if spec.progress_deadline_seconds:
                 plan.requeue(spec.progress_deadline_seconds)
-        st["phase"] = "Running"
+        st["phase"] = Phase.RUNNING
         st["message"] = f"{spec.replicas} worker(s) running, attempt {attempt}"
-        set_condition(st, "Running", True, "WorkersRunning", st["message"], now, generation)
+        set_condition(st, ConditionType.RUNNING, True, "WorkersRunning", st["message"], now, generation)
     else:
-        if st.get("phase") != "Restarting":
-            st["phase"] = "Pending"
+        if st.get("phase") != Phase.RESTARTING:
+            st["phase"] = Phase.PENDING
         waiting = spec.replicas - sum(1 for w in current if w.phase == "Running")
         st["message"] = f"waiting for {waiting} of {spec.replicas} worker(s) to run, attempt {attempt}"
         stuck = next((w for w in sorted(current, key=lambda w: w.rank) if w.waiting), None)
         if stuck is not None:
             st["message"] += f"; rank {stuck.rank}: {stuck.waiting}"
-        refused = get_condition(st, "InvalidSpec") or {}
+        refused = get_condition(st, ConditionType.INVALID_SPEC) or {}
         if refused.get("reason") == "PodRejected" and refused.get("status") == "True":
             st["message"] = refused["message"]  # what holds the job up
-        set_condition(st, "Running", False, "WorkersPending", st["message"], now, generation)
+        set_condition(st, ConditionType.RUNNING, False, "WorkersPending", st["message"], now, generation)
     return plan
 
 
@@ -369,10 +370,10 @@ def _invalid_spec(plan: Plan, problems: list[str], now: datetime, generation: in
     """A spec that cannot run: say so (an Event once per message); create and delete nothing."""
     st = plan.status
     message = "; ".join(problems)
-    if not condition_true(st, "InvalidSpec") or get_condition(st, "InvalidSpec")["message"] != message:
+    if not condition_true(st, ConditionType.INVALID_SPEC) or get_condition(st, ConditionType.INVALID_SPEC)["message"] != message:
         plan.events.append(Event("Warning", "InvalidSpec", message))
-    set_condition(st, "InvalidSpec", True, "InvalidSpec", message, now, generation)
-    st["phase"] = st.get("phase") or "Pending"
+    set_condition(st, ConditionType.INVALID_SPEC, True, "InvalidSpec", message, now, generation)
+    st["phase"] = st.get("phase") or Phase.PENDING
     st["message"] = f"spec cannot run, fix it: {message}"
     return plan
 
@@ -382,10 +383,10 @@ def _pod_rejected(plan: Plan, refusal: str, now: datetime, generation: int | Non
     retry later (the next reconcile creates again: a quota may be raised, a webhook fixed)."""
     st = plan.status
     message = f"the API server refused a worker pod: {refusal}"
-    before = get_condition(st, "InvalidSpec") or {}
+    before = get_condition(st, ConditionType.INVALID_SPEC) or {}
     if before.get("reason") != "PodRejected" or before.get("message") != message:
         plan.events.append(Event("Warning", "PodRejected", message))
-    set_condition(st, "InvalidSpec", True, "PodRejected", message, now, generation)
+    set_condition(st, ConditionType.INVALID_SPEC, True, "PodRejected", message, now, generation)
     plan.requeue(REJECTED_RETRY_SECONDS)
 
 
@@ -421,10 +422,10 @@ def _resize(plan: Plan, spec: AdamWTrainingJobSpec, current: list[WorkerObservat
     st = plan.status
     old = max((w.world_size or 0 for w in current), default=0) or "?"
     st["attempt"] += 1
-    st["phase"] = "Restarting"
+    st["phase"] = Phase.RESTARTING
     st.pop("restartAfterTime", None)
     st["message"] = f"replicas changed from {old} to {spec.replicas}: restarting the gang"
-    set_condition(st, "Running", False, "Resized", st["message"], now, generation)
+    set_condition(st, ConditionType.RUNNING, False, "Resized", st["message"], now, generation)
     plan.events.append(Event("Normal", "ResizedRestart", st["message"]))
     plan.delete_pods += [w.name for w in current if not w.deleting and w.name not in plan.delete_pods]
     plan.requeue(0)
@@ -452,12 +453,12 @@ def _fail(
     message: str,
 ) -> Plan:
     st = plan.status
-    st["phase"] = "Failed"
+    st["phase"] = Phase.FAILED
     st["completionTime"] = rfc3339(now)
     st["message"] = message
     st.pop("restartAfterTime", None)
-    set_condition(st, "Failed", True, reason, message, now, generation)
-    set_condition(st, "Running", False, reason, "", now, generation)
+    set_condition(st, ConditionType.FAILED, True, reason, message, now, generation)
+    set_condition(st, ConditionType.RUNNING, False, reason, "", now, generation)
     plan.events.append(Event("Warning", reason, message))
     plan.delete_pods += [n for n in _cleanup(spec.clean_pod_policy, workers) if n not in plan.delete_pods]
     _ttl(plan, spec, st, now)
@@ -481,13 +482,13 @@ def _on_failure(
         "message": failure.message[:1000],
         "time": rfc3339(now),
     }
-    if failure.kind == "InvalidConfig":
+    if failure.kind == FailureKind.INVALID_CONFIG:
         return _fail(plan, spec, current, now, generation, ExitReason.INVALID_CONFIG.value,
                      f"the trainer refused its configuration, not restarting: {failure.message}")
-    if failure.kind == "Diverged" and policy.on_divergence == "Fail":
+    if failure.kind == FailureKind.DIVERGED and policy.on_divergence == "Fail":
         return _fail(plan, spec, current, now, generation, ExitReason.DIVERGED.value,
                      f"training diverged (restartPolicy.onDivergence is Fail): {failure.message}")
-    preemption = failure.kind in ("Preempted", "PodLost")
+    preemption = failure.kind in DISRUPTIONS
     ckpt = _checkpoint_step(st, current)
     if preemption:
         if st["preemptions"] >= policy.max_preemptions:
@@ -515,7 +516,7 @@ def _on_failure(
         delay = backoff_seconds(spec, st["restarts"])
         count = f"restart {st['restarts']}/{policy.max_restarts}"
     st["attempt"] += 1
-    st["phase"] = "Restarting"
+    st["phase"] = Phase.RESTARTING
     if delay > 0:
         st["restartAfterTime"] = rfc3339(now + timedelta(seconds=delay))
         plan.requeue(delay)
@@ -527,7 +528,7 @@ def _on_failure(
         f"{failure.kind}: {failure.message}; gang {count} from {where}"
         + (f" in {delay:g} s" if delay else "")
     )
-    set_condition(st, "Running", False, failure.kind, st["message"], now, generation)
+    set_condition(st, ConditionType.RUNNING, False, failure.kind, st["message"], now, generation)
     plan.events.append(Event("Warning", f"{failure.kind}Restart", st["message"]))
     plan.delete_pods += [w.name for w in current if not w.deleting and w.name not in plan.delete_pods]
     plan.restart = Restart(failure.kind, delay)

@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-PHASES = ("Pending", "Running", "Restarting", "Succeeded", "Failed", "Suspended")
-TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
-CONDITION_TYPES = ("Running", "Suspended", "InvalidSpec", "Succeeded", "Failed")
+from .api.enums import TERMINAL_PHASES, ConditionType, Phase
+
+PHASES = tuple(Phase)
+CONDITION_TYPES = tuple(ConditionType)
+__all__ = ["CONDITION_TYPES", "PHASES", "TERMINAL_PHASES"]
 
 
 def rfc3339(t: datetime) -> str:

@@ -227,3 +227,13 @@ def test_crds_pass_the_upstream_apiextensions_schema(version):
     result = subprocess.run([sys.executable, "-m", "kubernetes_validate", "--strict", "-k", version, *files],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_crd_offers_exactly_the_phases_and_conditions_the_operator_writes():
+    """One vocabulary: the status schema users validate against and `decide`'s enums agree."""
+    from adamw_operator.api.enums import ConditionType, Phase
+
+    status = openapi_schema(load_crd())["properties"]["status"]["properties"]
+    assert status["phase"]["enum"] == [p.value for p in Phase]
+    described = status["conditions"]["description"]
+    assert all(c.value in described for c in ConditionType), described
