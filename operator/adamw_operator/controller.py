@@ -27,7 +27,7 @@ from .builders.pods import build_worker_pod
 from .builders.service import build_service
 from .decisions import Event, Plan, decide
 from .kube import ApiError, KubeClient
-from .metrics import OperatorMetrics
+from .metrics import OperatorMetrics, finished_outcome
 from .observe import WorkerObservation, observe_pod
 from .progress import fold_progress, read_status
 from .status import TERMINAL_PHASES, get_condition, rfc3339
@@ -249,6 +249,8 @@ class Controller:
         if st.get("phase") == "Failed" and old.get("phase") != "Failed":
             reason = (get_condition(st, "Failed") or {}).get("reason", "Unknown")
             self.metrics.failures.labels(namespace=namespace, job_name=name, reason=reason).inc()
+        if (finished := finished_outcome(old, st)) is not None:  # the job-success SLI, once per job
+            self.metrics.job_finished(namespace, *finished)
         await asyncio.gather(*(self.kube.delete_pod(namespace, n) for n in plan.delete_pods))
         for event in plan.events:
             await self.post_event(body, event)
@@ -284,7 +286,7 @@ class Controller:
             pods = [
                 build_worker_pod(name, namespace, uid, spec, rank, st["attempt"],
                                  st.get("restarts", 0) + st.get("preemptions", 0),
-                                 st.get("checkpointSaveSeconds"))
+                                 st.get("checkpointSaveSeconds"), st.get("avoidedNodes") or ())
                 for rank in ranks
             ]
             await asyncio.gather(*(self.kube.create(namespace, "pods", p) for p in pods))

@@ -44,6 +44,13 @@ from .status import (
 WAIT_FOR_DELETION_SECONDS = 2.0
 # A worker pod the API server refused (quota, admission): asked again at least this often.
 REJECTED_RETRY_SECONDS = 30.0
+# Node avoidance: a node this job's workers failed on this often (crash, hang) is kept out of
+# the next attempts' placement; at most this many nodes, so a small pool is never emptied.
+FAILURES_TO_AVOID_NODE = 2
+MAX_AVOIDED_NODES = 3
+# Failures that may be the node's fault (a bad GPU, an Xid, a flaky NIC); disruptions and the
+# trainer's own verdicts (divergence, invalid config) are not.
+NODE_SUSPECT_FAILURES = frozenset({FailureKind.CRASHED, FailureKind.HUNG})
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,7 @@ class Failure:
     rank: int | None
     exit_code: int | None
     message: str
+    node: str | None = None  # where the failing worker ran
 
 
 def backoff_seconds(spec: AdamWTrainingJobSpec, restarts: int) -> float:
@@ -101,14 +109,15 @@ def classify(workers: list[WorkerObservation], max_steps: int) -> Failure | None
     for code, kind in ((ExitCode.INVALID_CONFIG, FailureKind.INVALID_CONFIG), (ExitCode.DIVERGED, FailureKind.DIVERGED)):
         if code in by_code and not by_code[code].disrupted:
             w = by_code[code]
-            return Failure(kind, w.rank, w.exit_code, _describe(w))
+            return Failure(kind, w.rank, w.exit_code, _describe(w), w.node)
     # A preempted peer explains the others' rendezvous crashes.
     for w in failed:
         if w.preempted:
-            return Failure(FailureKind.POD_LOST if w.lost_with_node else FailureKind.PREEMPTED, w.rank, w.exit_code, _describe(w))
+            kind = FailureKind.POD_LOST if w.lost_with_node else FailureKind.PREEMPTED
+            return Failure(kind, w.rank, w.exit_code, _describe(w), w.node)
     if failed:
         w = failed[0]
-        return Failure(FailureKind.CRASHED, w.rank, w.exit_code, _describe(w))
+        return Failure(FailureKind.CRASHED, w.rank, w.exit_code, _describe(w), w.node)
     for w in sorted(workers, key=lambda w: w.rank):
         early = w.exit_code == 0 and w.termination is not None and w.termination.step < max_steps
         if early and success_reason(w.exit_code, w.termination) not in EARLY_SUCCESS_REASONS:
@@ -295,6 +304,7 @@ def decide(
                     FailureKind.HUNG, 0, None,
                     f"no step progress for {spec.progress_deadline_seconds} s "
                     f"(progressDeadlineSeconds), last at step {st.get('step')}",
+                    next((w.node for w in current if w.rank == 0), None),
                 )
             else:
                 plan.requeue((due - now).total_seconds())
@@ -359,11 +369,46 @@ def decide(
         stuck = next((w for w in sorted(current, key=lambda w: w.rank) if w.waiting), None)
         if stuck is not None:
             st["message"] += f"; rank {stuck.rank}: {stuck.waiting}"
+        _clear_avoidance_if_nothing_fits(plan, current)
         refused = get_condition(st, ConditionType.INVALID_SPEC) or {}
         if refused.get("reason") == "PodRejected" and refused.get("status") == "True":
             st["message"] = refused["message"]  # what holds the job up
         set_condition(st, ConditionType.RUNNING, False, "WorkersPending", st["message"], now, generation)
     return plan
+
+
+def _suspect_node(plan: Plan, failure: Failure) -> None:
+    """Count a failure against its node; avoid the node from its FAILURES_TO_AVOID_NODE-th."""
+    st = plan.status
+    if failure.kind not in NODE_SUSPECT_FAILURES or not failure.node:
+        return
+    counts = dict(st.get("nodeFailures") or {})
+    counts[failure.node] = counts.get(failure.node, 0) + 1
+    st["nodeFailures"] = counts
+    avoided = list(st.get("avoidedNodes") or [])
+    if counts[failure.node] >= FAILURES_TO_AVOID_NODE and failure.node not in avoided \
+            and len(avoided) < MAX_AVOIDED_NODES:
+        st["avoidedNodes"] = [*avoided, failure.node]
+        plan.events.append(Event("Warning", "AvoidingNode",
+                                 f"workers failed {counts[failure.node]} times on node {failure.node}: "
+                                 f"the next attempts are scheduled elsewhere (status.avoidedNodes)"))
+
+
+def _clear_avoidance_if_nothing_fits(plan: Plan, current: list[WorkerObservation]) -> None:
+    """Avoidance only while another node fits: a pod the scheduler cannot place for node
+    affinity, with nodes avoided, gets them back (its pod is recreated without the rule)."""
+    st = plan.status
+    if not st.get("avoidedNodes"):
+        return
+    stuck = [w for w in current if w.phase == "Pending" and not w.deleting and "node affinity" in w.waiting]
+    if not stuck:
+        return
+    plan.events.append(Event("Normal", "NodeAvoidanceCleared",
+                             f"no other node fits rank {stuck[0].rank} ({stuck[0].waiting}); "
+                             f"nodes {', '.join(st['avoidedNodes'])} are allowed again"))
+    st["avoidedNodes"] = []
+    st["nodeFailures"] = {}
+    plan.delete_pods += [w.name for w in stuck if w.name not in plan.delete_pods]
 
 
 def _invalid_spec(plan: Plan, problems: list[str], now: datetime, generation: int | None) -> Plan:
@@ -512,6 +557,7 @@ def _on_failure(
                          f"checkpoint (still at step {ckpt if ckpt >= 0 else 'none'}); last: "
                          f"{failure.message}")
         st["checkpointStepAtLastRestart"] = ckpt
+        _suspect_node(plan, failure)
         st["restarts"] += 1
         delay = backoff_seconds(spec, st["restarts"])
         count = f"restart {st['restarts']}/{policy.max_restarts}"

@@ -42,6 +42,7 @@ class WorkerObservation:
     pod_ip: str | None = None
     world_size: int | None = None  # the pod count it was built for (env WORLD_SIZE or NNODES)
     waiting: str = ""  # why a pending container does not start (ErrImagePull: ...), for humans
+    node: str | None = None  # spec.nodeName: where it was scheduled (node avoidance)
 
     @property
     def finished(self) -> bool:
@@ -138,4 +139,5 @@ def observe_pod(pod: dict[str, Any]) -> WorkerObservation:
         pod_ip=status.get("podIP"),
         world_size=world_size,
         waiting=waiting,
+        node=(pod.get("spec") or {}).get("nodeName"),
     )

@@ -143,3 +143,22 @@ def test_service_is_headless_for_rank0_dns():
     assert svc["metadata"]["name"] == "demo-workers" and svc["spec"]["clusterIP"] == "None"
     assert svc["spec"]["selector"] == {"training.adamw.io/job-name": "demo"}
     assert svc["spec"]["publishNotReadyAddresses"] is True
+
+
+def test_avoided_nodes_narrow_the_users_placement_rather_than_replace_it():
+    from adamw_operator.builders.avoidance import avoiding_nodes
+
+    mine = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["h100"]}]},
+        {"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["h200"]}]}]}},
+        "podAffinity": {"x": 1}}
+    out = avoiding_nodes(mine, ["node-b", "node-a"])
+    terms = out["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert len(terms) == 2 and all(t["matchExpressions"][0]["key"] == "gpu" for t in terms)
+    assert all(t["matchFields"] == [{"key": "metadata.name", "operator": "NotIn", "values": ["node-a", "node-b"]}]
+               for t in terms)
+    assert out["podAffinity"] == {"x": 1} and "matchFields" not in str(mine)  # the spec is not mutated
+    alone = avoiding_nodes(None, ["node-a"])
+    assert alone == {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": ["node-a"]}]}]}}}
+    assert avoiding_nodes(None, []) is None

@@ -480,3 +480,34 @@ def test_a_restart_carries_its_backoff_for_the_executor() -> None:
     lost = decide(spec=spec, status=running_status(), workers=[worker(0), worker(1, exit_code=143, disrupted=True)],
                   now=NOW)
     assert lost.restart is not None and lost.restart.reason == "Preempted" and lost.restart.delay == 0
+
+
+def test_a_node_that_fails_the_job_twice_is_avoided_and_given_back_when_nothing_else_fits() -> None:
+    spec = spec_of(restartPolicy={"maxRestarts": 5, "backoffSeconds": 0, "maxBackoffSeconds": 0})
+
+    def crash_on(node, status, attempt):
+        ws = [replace(worker(0, attempt=attempt), node="node-2"),
+              replace(worker(1, attempt=attempt, exit_code=1, message="Xid 79: GPU has fallen off the bus"),
+                      node=node)]
+        return decide(spec=spec, status=status, workers=ws, now=NOW)
+
+    first = crash_on("node-1", running_status(), 0)
+    assert first.status["nodeFailures"] == {"node-1": 1} and not first.status.get("avoidedNodes")
+    assert "AvoidingNode" not in [e.reason for e in first.events]
+    second = crash_on("node-1", {**first.status, "phase": "Running", "runningAttempt": 1, "progressAttempt": 1}, 1)
+    assert second.status["avoidedNodes"] == ["node-1"]
+    assert [e for e in second.events if e.reason == "AvoidingNode"][0].message.startswith(
+        "workers failed 2 times on node node-1")
+    # a preemption is not the node's fault
+    evicted = decide(spec=spec, status={**second.status, "phase": "Running", "runningAttempt": 2}, now=NOW,
+                     workers=[replace(worker(0, attempt=2), node="node-2"),
+                              replace(worker(1, attempt=2, exit_code=143, disrupted=True), node="node-2")])
+    assert evicted.status["nodeFailures"] == {"node-1": 2}
+    # the only other node cannot take the pod: node-1 is allowed again and the pod recreated
+    stuck = replace(worker(1, attempt=3, phase="Pending"),
+                    waiting="Unschedulable: 0/2 nodes are available: 1 Insufficient cpu, "
+                            "1 node(s) didn't match Pod's node affinity/selector.")
+    given_back = decide(spec=spec, status={**evicted.status, "phase": "Pending"}, now=NOW,
+                        workers=[replace(worker(0, attempt=3, phase="Pending"), node="node-2"), stuck])
+    assert given_back.status["avoidedNodes"] == [] and given_back.delete_pods == ["demo-worker-1"]
+    assert "NodeAvoidanceCleared" in [e.reason for e in given_back.events]

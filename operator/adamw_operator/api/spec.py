@@ -332,6 +332,14 @@ class AdamWTrainingJobStatus(_Model):
         None, description="When the step last advanced (or the attempt started running)."
     )
     last_failure: LastFailure | None = Field(None, description="The failure behind the last restart.")
+    node_failures: dict[str, int] | None = Field(
+        None, description="Crashes and hangs of this job's workers per node (node avoidance)."
+    )
+    avoided_nodes: list[str] | None = Field(
+        None,
+        description="Nodes the next attempts are kept off (a required node anti-affinity), each after "
+        "2 failures there; at most 3, and cleared when no other node fits.",
+    )
     start_time: str | None = Field(None, description="When the first attempt was created.")
     completion_time: str | None = Field(None, description="When the job succeeded or failed.")
 

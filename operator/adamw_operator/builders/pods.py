@@ -8,6 +8,7 @@ non-root, read-only root filesystem with a writable /tmp, all capabilities dropp
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from ..api.checks import CHECKPOINT_VOLUME, CONFIG_VOLUME, TMP_VOLUME, checkpoint_mount_path
@@ -23,6 +24,7 @@ from ..api.constants import (
     WORKING_DIR,
 )
 from ..api.spec import AdamWTrainingJobSpec
+from .avoidance import avoiding_nodes
 from .names import child_metadata, config_name, master_addr, service_name, worker_name
 
 NON_ROOT_UID = 1000
@@ -115,8 +117,10 @@ def build_worker_pod(
     attempt: int,
     restart_count: int,
     measured_save_seconds: float | None = None,
+    avoid_nodes: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The pod of one rank in one attempt (the attempt is a label, not part of the name)."""
+    """The pod of one rank in one attempt (the attempt is a label, not part of the name);
+    `avoid_nodes`: nodes this job's pods failed on repeatedly (status.avoidedNodes)."""
     name = worker_name(job, rank)
     meta = child_metadata(job, namespace, uid, name)
     meta["labels"] = {
@@ -128,6 +132,8 @@ def build_worker_pod(
     }
     meta["annotations"] = {**spec.pod.annotations, ANNOTATION_CONFIG_HASH: spec.trainer.config_hash()}
     pod_spec_extra = spec.pod
+    affinity = avoiding_nodes(pod_spec_extra.affinity.model_dump(by_alias=True) if pod_spec_extra.affinity else None,
+                              avoid_nodes)
     storage = spec.checkpoint_storage
     ckpt_path = checkpoint_mount_path(spec)
     ckpt_mount: dict[str, Any] = {"name": storage.volume_name or CHECKPOINT_VOLUME, "mountPath": ckpt_path}
@@ -201,7 +207,7 @@ def build_worker_pod(
     for key, value in (
         ("nodeSelector", pod_spec_extra.node_selector),
         ("tolerations", [t.model_dump(by_alias=True) for t in pod_spec_extra.tolerations]),
-        ("affinity", pod_spec_extra.affinity.model_dump(by_alias=True) if pod_spec_extra.affinity else None),
+        ("affinity", affinity),
         ("priorityClassName", pod_spec_extra.priority_class_name),
         ("schedulerName", pod_spec_extra.scheduler_name),
         ("serviceAccountName", pod_spec_extra.service_account_name),
