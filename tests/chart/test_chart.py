@@ -199,6 +199,61 @@ def test_prometheus_rule_values_are_applied():
         assert alert["annotations"]["runbook_url"] == f"https://wiki.example.com/runbooks#{alert['alert'].lower()}"
 
 
+def _rendered_alerts(*args):
+    (rule,) = by_kind(render(*args, apis=MONITORING_APIS), "PrometheusRule")
+    return {r.get("alert") or r["record"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+
+
+def test_every_alert_is_tunable_from_values_with_the_rules_file_as_default():
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    tunables = values["prometheusRule"]["alerts"]
+    source = yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
+    rules = [r for g in source["groups"] for r in g["rules"] if "alert" in r]
+    assert {r["alert"] for r in rules} == set(tunables), "one prometheusRule.alerts entry per alert"
+    for rule in rules:
+        assert tunables[rule["alert"]]["severity"] == rule["labels"]["severity"]
+        assert tunables[rule["alert"]]["for"] == rule["for"]
+    assert values["slo"]["jobSuccessRatio"] == 0.95
+
+
+def test_alert_thresholds_windows_severity_and_slo_follow_values():
+    default = _rendered_alerts()
+    tuned = _rendered_alerts(
+        "--set", "prometheusRule.alerts.AdamWNonFiniteStepsSustained.ratio=0.05",
+        "--set", "prometheusRule.alerts.AdamWNonFiniteStepsSustained.for=30m",
+        "--set", "prometheusRule.alerts.AdamWJobRestartingOften.restarts=6",
+        "--set", "prometheusRule.alerts.AdamWJobRestartingOften.severity=critical",
+        "--set", "prometheusRule.alerts.AdamWOperatorDown.for=10m",
+        "--set", "prometheusRule.alerts.AdamWJobSuccessBudgetFastBurn.burnRate=10",
+        "--set-json", "slo.jobSuccessRatio=0.99",
+    )
+    sustained = tuned["AdamWNonFiniteStepsSustained"]
+    assert "namespace_job_name:adamw_nonfinite_ratio:rate5m > 0.05\n" in sustained["expr"]
+    assert sustained["for"] == "30m" and sustained["annotations"]["description"].endswith("for 30m.")
+    restarting = tuned["AdamWJobRestartingOften"]
+    assert restarting["expr"].rstrip().endswith("> 6") and restarting["labels"]["severity"] == "critical"
+    assert "more than 6 times" in restarting["annotations"]["summary"]
+    down = tuned["AdamWOperatorDown"]
+    assert down["for"] == "10m" and "for 10m;" in down["annotations"]["description"]
+    assert down["expr"] == default["AdamWOperatorDown"]["expr"]
+    assert tuned["AdamWJobSuccessBudgetFastBurn"]["expr"].count("(10 * (1 - adamw:job_success_ratio:objective))") == 2
+    assert "burns at 10x" in tuned["AdamWJobSuccessBudgetFastBurn"]["annotations"]["description"]
+    assert tuned["adamw:job_success_ratio:objective"]["expr"] == "vector(0.99)"
+    untouched = set(default) - {"AdamWNonFiniteStepsSustained", "AdamWJobRestartingOften", "AdamWOperatorDown",
+                                "AdamWJobSuccessBudgetFastBurn", "adamw:job_success_ratio:objective"}
+    assert all(tuned[name] == default[name] for name in untouched)
+
+
+def test_alert_values_that_go_nowhere_are_refused():
+    proc = helm("template", "rel", str(CHART), "--set", "prometheusRule.alerts.AdamWOverfitting.ratio=0.1", check=False)
+    assert proc.returncode != 0 and "AdamWOverfitting" in proc.stderr
+    proc = helm("template", "rel", str(CHART), "--set", "prometheusRule.alerts.AdamWTrainingStalled.for=soon",
+                check=False)
+    assert proc.returncode != 0 and "AdamWTrainingStalled" in proc.stderr
+    proc = helm("template", "rel", str(CHART), "--set-json", "slo.jobSuccessRatio=1.5", check=False)
+    assert proc.returncode != 0 and "jobSuccessRatio" in proc.stderr
+
+
 def test_pod_monitor_scrapes_trainers_and_names_the_job():
     (pm,) = by_kind(render(apis=MONITORING_APIS), "PodMonitor")
     assert pm["spec"]["selector"]["matchExpressions"] == [{"key": "training.adamw.io/job-name", "operator": "Exists"}]
