@@ -36,6 +36,7 @@ KNOWN_OUTCOMES = (
     *((o, o) for o in SUCCESS_OUTCOMES),
     *(("Failed", r) for r in ("InvalidConfig", "Diverged", "RestartLimitExceeded",
                               "PreemptionLimitExceeded", "NoProgress", "DeadlineExceeded")),
+    (BUDGET_EXCEEDED, BUDGET_EXCEEDED),
 )
 
 

@@ -75,7 +75,8 @@ def test_known_outcomes_are_exported_as_zero_once_a_namespace_is_seen():
     text = generate_latest(metrics.registry).decode()
     for outcome, reason in [("Succeeded", "Succeeded"), ("TargetReached", "TargetReached"),
                             ("EarlyStopped", "EarlyStopped"), ("Failed", "RestartLimitExceeded"),
-                            ("Failed", "NoProgress"), ("Failed", "InvalidConfig")]:
+                            ("Failed", "NoProgress"), ("Failed", "InvalidConfig"),
+                            ("BudgetExceeded", "BudgetExceeded")]:
         assert (f'adamw_operator_jobs_finished_total{{namespace="team-a",outcome="{outcome}",'
                 f'reason="{reason}"}} 0.0') in text
     assert 'namespace="team-b"' not in text
