@@ -23,6 +23,7 @@ from adamw_trainer.config import ConfigError
 from .api.constants import API_VERSION, KIND, LABEL_JOB
 from .api.spec import AdamWTrainingJobSpec, parse_spec, with_default_image
 from .builders.configmap import build_configmap
+from .builders.network_policy import build_network_policy
 from .builders.pods import build_worker_pod
 from .builders.service import build_service
 from .decisions import Event, Plan, decide
@@ -279,14 +280,19 @@ class Controller:
 
     async def _create_workers(self, namespace: str, name: str, uid: str, spec: AdamWTrainingJobSpec,
                               st: dict[str, Any], ranks: list[int]) -> str | None:
-        """Create the ConfigMap, Service and pods; the server's message if it refused one."""
+        """Create the ConfigMap, Service, NetworkPolicy and pods; the server's message if it refused one."""
         try:
-            await self.kube.apply_configmap(namespace, build_configmap(name, namespace, uid, spec))
+            config = build_configmap(name, namespace, uid, spec)  # immutable: create, never patch
+            await self.kube.create(namespace, "configmaps", config)
             await self.kube.create(namespace, "services", build_service(name, namespace, uid, spec))
+            if spec.network_policy.enabled:  # before the pods, so they never run unprotected
+                await self.kube.create_network_policy(namespace, build_network_policy(
+                    name, namespace, uid, spec, self.kube.own_namespace))
             pods = [
                 build_worker_pod(name, namespace, uid, spec, rank, st["attempt"],
                                  st.get("restarts", 0) + st.get("preemptions", 0),
-                                 st.get("checkpointSaveSeconds"), st.get("avoidedNodes") or ())
+                                 st.get("checkpointSaveSeconds"), st.get("avoidedNodes") or (),
+                                 config_map=config["metadata"]["name"])
                 for rank in ranks
             ]
             await asyncio.gather(*(self.kube.create(namespace, "pods", p) for p in pods))

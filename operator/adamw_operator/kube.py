@@ -1,6 +1,6 @@
 """A small asyncio Kubernetes API client (aiohttp) for the operator's own reads and writes.
 
-Kopf watches; this client lists, creates, patches and deletes. Credentials come from the
+Kopf watches; this client gets, lists, creates, deletes and patches job status. Credentials come from the
 in-cluster service account or a kubeconfig, through the `kubernetes` package's loaders.
 Conflicts and 404s on delete are not errors to an idempotent controller; 5xx and 429 are
 retried a few times with a short backoff before giving up to the caller.
@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import ssl
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -55,6 +57,19 @@ def _connection_from_kubeconfig() -> tuple[str, dict[str, str], ssl.SSLContext |
     return cfg.host.rstrip("/"), headers, ssl_ctx
 
 
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def own_namespace() -> str | None:
+    """The namespace the operator runs in (its ServiceAccount's); None outside a pod."""
+    if os.environ.get("POD_NAMESPACE"):
+        return os.environ["POD_NAMESPACE"]
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or None
+    except OSError:
+        return None
+
+
 class KubeClient:
     def __init__(self, server: str | None = None, headers: dict[str, str] | None = None,
                  ssl_ctx: ssl.SSLContext | bool = False, retries: int = 4):
@@ -68,6 +83,7 @@ class KubeClient:
         self.ssl = ssl_ctx
         self.retries = retries
         self._session: aiohttp.ClientSession | None = None
+        self.own_namespace = own_namespace()
 
     async def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -148,7 +164,12 @@ class KubeClient:
         return list((result or {}).get("items") or [])
 
     async def create(self, namespace: str, plural: str, obj: dict[str, Any]) -> dict[str, Any] | None:
-        """Create; an existing object of that name is fine (returns None)."""
+        """Create; an existing object of that name is fine (returns None).
+
+        The operator never patches or updates what it created: ConfigMaps are immutable and
+        named by their content (`builders.configmap`), Services and NetworkPolicies are
+        created once.
+        """
         try:
             return await self.request("POST", self.core_path(namespace, plural), obj)
         except ApiError as err:
@@ -156,14 +177,15 @@ class KubeClient:
                 return None
             raise
 
-    async def apply_configmap(self, namespace: str, obj: dict[str, Any]) -> None:
-        """Create the ConfigMap, or bring its data up to date (merge patch)."""
-        if await self.create(namespace, "configmaps", obj) is None:
-            await self.request(
-                "PATCH", self.core_path(namespace, "configmaps", obj["metadata"]["name"]),
-                {"data": obj["data"], "metadata": {"annotations": obj["metadata"].get("annotations", {})}},
-                content_type="application/merge-patch+json",
-            )
+    async def create_network_policy(self, namespace: str, obj: dict[str, Any]) -> dict[str, Any] | None:
+        """Create a NetworkPolicy; an existing one of that name is left alone (None)."""
+        try:
+            return await self.request(
+                "POST", f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies", obj)
+        except ApiError as err:
+            if err.status == 409:
+                return None
+            raise
 
     async def delete(self, path: str, propagation: str | None = None) -> None:
         body: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1"}

@@ -31,7 +31,9 @@ OPERATOR_CALLS = {
     ("training.adamw.io", "adamwtrainingjobs/status"): {"patch"},
     ("", "pods"): {"list", "watch", "create", "delete"},
     ("", "services"): {"create"},  # the headless Service; owner references delete it
-    ("", "configmaps"): {"create", "patch"},  # the trainer config, updated in place
+    # The trainer config: immutable, hash-named, created once; no patch, update or delete.
+    ("", "configmaps"): {"create"},
+    ("networking.k8s.io", "networkpolicies"): {"create"},  # spec.networkPolicy.enabled
     ("", "events"): {"create"},
 }
 

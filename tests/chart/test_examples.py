@@ -14,6 +14,7 @@ import yaml
 from adamw_operator.api.checks import runtime_problems
 from adamw_operator.api.spec import AdamWTrainingJobSpec
 from adamw_operator.builders.configmap import build_configmap
+from adamw_operator.builders.network_policy import build_network_policy
 from adamw_operator.builders.pods import build_worker_pod
 from adamw_operator.builders.service import build_service
 from adamw_trainer.config import load_config
@@ -111,8 +112,10 @@ def test_operator_children_are_valid_and_scraped_by_the_pod_monitor(name, job):
     PodMonitor selects every rank's metrics port (one per GPU) of the trainer container."""
     spec = AdamWTrainingJobSpec.model_validate(job["spec"])
     meta = job["metadata"]["name"], "ml", "0b7c-uid"
-    pods = [build_worker_pod(*meta, spec, rank=r, attempt=0, restart_count=0) for r in range(spec.replicas)]
-    children = [*pods, build_configmap(*meta, spec), build_service(*meta, spec)]
+    config = build_configmap(*meta, spec)
+    pods = [build_worker_pod(*meta, spec, rank=r, attempt=0, restart_count=0, config_map=config["metadata"]["name"])
+            for r in range(spec.replicas)]
+    children = [*pods, config, build_service(*meta, spec), build_network_policy(*meta, spec, "adamw-system")]
     proc = kubernetes_validate(yaml.safe_dump_all(children))
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

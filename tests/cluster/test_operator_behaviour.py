@@ -203,14 +203,21 @@ def test_suspend_saves_and_resume_continues_from_that_checkpoint(operator: Clust
         assert seen.count("Suspended") == 1 and seen.count("Resumed") == 1
 
 
+def config_maps(cluster: Cluster, ns: str, job: str) -> list[str]:
+    """The job's trainer-config ConfigMaps (`<job>-config-<hash>`, one per config it ran)."""
+    return [c["metadata"]["name"] for c in cluster.get(
+        "configmaps", namespace=ns, selector=f"training.adamw.io/job-name={job}")["items"]]
+
+
 def test_ttl_deletes_the_finished_job_and_the_garbage_collector_its_children(operator: Cluster):
     with operator.namespace("ttl") as ns:
         submit(operator, training_job("ttl", ns, replicas=1, ttlSecondsAfterFinished=2, cleanPodPolicy="None",
                                       trainer={"training": {"maxSteps": 20}}))
         assert wait_finished(operator, ns, "ttl")["phase"] == "Succeeded"
         assert workers(operator, ns, "ttl")  # cleanPodPolicy None: the finished pod stays, until the TTL
+        (config,) = config_maps(operator, ns, "ttl")
         operator.wait_for("the job deleted", lambda: gone(operator, "awj", "ttl", ns), timeout=60)
-        for kind, name in (("pod", "ttl-worker-0"), ("service", "ttl-workers"), ("configmap", "ttl-config")):
+        for kind, name in (("pod", "ttl-worker-0"), ("service", "ttl-workers"), ("configmap", config)):
             operator.wait_for(f"{kind} {name} collected", lambda k=kind, n=name: gone(operator, k, n, ns), timeout=60)
         assert not gone(operator, "pvc", "ttl-ckpt", ns)  # the user's claim is not the job's child
 
@@ -233,13 +240,14 @@ def test_deleting_a_job_lets_the_garbage_collector_remove_its_children(operator:
         submit(operator, training_job("gc", ns, trainer={"training": {"maxSteps": 1000000}}))
         pods = wait_running(operator, ns, "gc", attempt=0, replicas=2)
         job = operator.get("awj", "gc", ns)
-        for child in [*pods, operator.get("service", "gc-workers", ns), operator.get("configmap", "gc-config", ns)]:
+        (config,) = config_maps(operator, ns, "gc")
+        for child in [*pods, operator.get("service", "gc-workers", ns), operator.get("configmap", config, ns)]:
             owner = child["metadata"]["ownerReferences"][0]
             assert (owner["kind"], owner["uid"], owner.get("controller")) == ("AdamWTrainingJob",
                                                                              job["metadata"]["uid"], True)
         operator.kubectl("delete", "awj", "gc", "-n", ns, "--wait=false")
         for kind, name in (("pod", "gc-worker-0"), ("pod", "gc-worker-1"), ("service", "gc-workers"),
-                           ("configmap", "gc-config")):
+                           ("configmap", config)):
             operator.wait_for(f"{kind} {name} collected", lambda k=kind, n=name: gone(operator, k, n, ns), timeout=60)
         operator.wait_for("the processes stopped", lambda: not [
             p for p in operator.pod_processes() if p["namespace"] == ns and p.get("pid")], timeout=30)

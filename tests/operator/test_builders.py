@@ -1,7 +1,8 @@
-"""Pods, Service and ConfigMap the operator creates: the pod contract and the security bar."""
+"""Pods, Service, ConfigMap and NetworkPolicy the operator creates: the pod contract and the security bar."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import pytest
 import yaml
 from adamw_operator.api.spec import parse_spec
 from adamw_operator.builders.configmap import build_configmap
+from adamw_operator.builders.network_policy import build_network_policy
 from adamw_operator.builders.pods import build_worker_pod, termination_grace_seconds, worker_command
 from adamw_operator.builders.service import build_service
 from adamw_trainer.config import parse_config
@@ -46,7 +48,7 @@ def test_worker_pod_follows_the_pod_contract():
     assert env["ADAMW_CHECKPOINT_DIR"] == "/checkpoints"
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in spec["volumes"]}
-    assert volumes[mounts["/etc/adamw"]]["configMap"]["name"] == "demo-config"
+    assert volumes[mounts["/etc/adamw"]]["configMap"]["name"] == "demo-config"  # the local runner's name
     assert volumes[mounts["/checkpoints"]]["persistentVolumeClaim"]["claimName"] == "ckpt"
     assert "emptyDir" in volumes[mounts["/tmp"]]
     assert "terminationMessagePath" not in container  # the default /dev/termination-log
@@ -71,7 +73,8 @@ def test_pod_passes_upstream_pod_schema(tmp_path):
                         "volumes": [{"name": "data", "emptyDir": {}}],
                         "volumeMounts": [{"name": "data", "mountPath": "/data"}]})
     docs = [build_worker_pod("demo", "ns", "u", spec, rank=0, attempt=0, restart_count=0),
-            build_service("demo", "ns", "u", spec), build_configmap("demo", "ns", "u", spec)]
+            build_service("demo", "ns", "u", spec), build_configmap("demo", "ns", "u", spec),
+            build_network_policy("demo", "ns", "u", spec, operator_namespace="adamw-system")]
     path = tmp_path / "children.yaml"
     path.write_text(yaml.safe_dump_all(docs))
     result = subprocess.run([sys.executable, "-m", "kubernetes_validate", "--strict", "-k", "1.30.0",
@@ -133,9 +136,78 @@ def test_grace_period_is_sized_from_the_save_time(spec_grace, measured, expected
 def test_configmap_holds_the_trainer_config_the_trainer_accepts():
     spec = spec_of()
     cm = build_configmap("demo", "ns", "u", spec)
-    assert cm["metadata"]["name"] == "demo-config"
+    assert re.fullmatch(r"demo-config-[0-9a-f]{8}", cm["metadata"]["name"])
+    assert cm["immutable"] is True  # the operator creates it once and holds no patch verb
+    assert cm["metadata"]["ownerReferences"][0]["uid"] == "u"  # collected with the job
     config = parse_config(yaml.safe_load(cm["data"]["config.yaml"]))
     assert config == spec.trainer and config.training.max_steps == 40
+
+
+def test_configmap_name_changes_with_the_config_and_the_job_and_only_then():
+    """Same name means same content of the same job, so a 409 AlreadyExists is safe to ignore."""
+    name = build_configmap("demo", "ns", "u", spec_of())["metadata"]["name"]
+    assert build_configmap("demo", "ns", "u", spec_of())["metadata"]["name"] == name
+    # A spec change that leaves the trainer config alone keeps the ConfigMap.
+    assert build_configmap("demo", "ns", "u", spec_of(replicas=3))["metadata"]["name"] == name
+    changed = build_configmap("demo", "ns", "u", spec_of(trainer={"training": {"maxSteps": 41}}))
+    assert changed["metadata"]["name"] != name and changed["metadata"]["name"].startswith("demo-config-")
+    # The same job recreated (new uid) never adopts its predecessor's ConfigMap.
+    assert build_configmap("demo", "ns", "u2", spec_of())["metadata"]["name"] != name
+
+
+def test_worker_pod_mounts_the_configmap_it_is_given():
+    spec = spec_of()
+    cm = build_configmap("demo", "ns", "u", spec)
+    pod = build_worker_pod("demo", "ns", "u", spec, rank=0, attempt=0, restart_count=0,
+                           config_map=cm["metadata"]["name"])
+    mounts = {m["mountPath"]: m["name"] for m in pod["spec"]["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes[mounts["/etc/adamw"]]["configMap"] == {"name": cm["metadata"]["name"]}
+
+
+def _ingress_peers(policy):
+    return [(rule.get("from"), rule.get("ports")) for rule in policy["spec"]["ingress"]]
+
+
+def test_network_policy_admits_the_job_and_the_scrapers_only():
+    spec = spec_of(networkPolicy={"enabled": True, "metricsFromNamespaces": ["monitoring"]})
+    policy = build_network_policy("demo", "team", "u", spec, operator_namespace="adamw-system")
+    assert policy["apiVersion"] == "networking.k8s.io/v1" and policy["kind"] == "NetworkPolicy"
+    assert policy["metadata"]["name"] == "demo-workers" and policy["metadata"]["namespace"] == "team"
+    assert policy["metadata"]["ownerReferences"][0]["uid"] == "u"
+    own = {"matchLabels": {"training.adamw.io/job-name": "demo"}}
+    assert policy["spec"]["podSelector"] == own
+    # The selector picks exactly the pods the operator creates for this job.
+    pod = build_worker_pod("demo", "team", "u", spec, rank=1, attempt=0, restart_count=0)
+    assert own["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]  # egress (data, DNS, MLflow) stays open
+    scrapers = {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In",
+                                      "values": ["monitoring", "adamw-system"]}]}
+    assert _ingress_peers(policy) == [
+        ([{"podSelector": own}], None),  # every port: rendezvous and the collectives' own ports
+        ([{"namespaceSelector": scrapers}], [{"protocol": "TCP", "port": 9090}]),
+    ]
+
+
+def test_network_policy_covers_every_local_ranks_metrics_port():
+    spec = spec_of(gpusPerReplica=4, trainer={"device": "cuda"}, networkPolicy={"enabled": True})
+    policy = build_network_policy("demo", "team", "u", spec, operator_namespace="adamw-system")
+    (_, ports) = _ingress_peers(policy)[1]
+    assert ports == [{"protocol": "TCP", "port": 9090, "endPort": 9093}]
+
+
+@pytest.mark.parametrize("metrics,operator_ns", [({"port": 0}, "adamw-system"), ({}, None)])
+def test_network_policy_without_metrics_or_scrapers_admits_only_the_job(metrics, operator_ns):
+    spec = spec_of(networkPolicy={"enabled": True}, trainer={"metrics": metrics})
+    policy = build_network_policy("demo", "team", "u", spec, operator_namespace=operator_ns)
+    assert _ingress_peers(policy) == [([{"podSelector": {"matchLabels": {"training.adamw.io/job-name": "demo"}}}],
+                                       None)]
+
+
+def test_network_policy_is_off_by_default_and_refuses_bad_namespace_names():
+    assert spec_of().network_policy.enabled is False
+    with pytest.raises(ValueError, match="metricsFromNamespaces"):
+        spec_of(networkPolicy={"enabled": True, "metricsFromNamespaces": ["Not_A_Namespace"]})
 
 
 def test_service_is_headless_for_rank0_dns():

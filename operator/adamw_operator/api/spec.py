@@ -10,10 +10,10 @@ reported on the job as an `InvalidSpec` condition naming the server's message.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from adamw_trainer.config import CamelModel, ConfigError, TrainerConfig, format_validation_error
-from pydantic import ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from .constants import API_VERSION, KIND
 
@@ -171,6 +171,29 @@ class RestartPolicy(_Model):
         return self
 
 
+NamespaceName = Annotated[str, StringConstraints(min_length=1, max_length=63,
+                                                 pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+
+
+class NetworkPolicySpec(_Model):
+    """An ingress NetworkPolicy `<job>-workers` for the worker pods (enforced only by a CNI
+    that implements NetworkPolicy, e.g. Calico or Cilium)."""
+
+    enabled: bool = Field(
+        False,
+        description="Create the NetworkPolicy: ingress to the workers only from the job's own "
+        "pods (every port: rendezvous and collectives) and, on the metrics port, from "
+        "`metricsFromNamespaces` and the operator's own namespace. Egress is not restricted. "
+        "Created with the first attempt that has it enabled, and not updated afterwards.",
+    )
+    metrics_from_namespaces: list[NamespaceName] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Namespaces (by their `kubernetes.io/metadata.name` label) whose pods may "
+        "reach the metrics port (`/metrics`, `/status`), e.g. [monitoring] for Prometheus.",
+    )
+
+
 class AdamWTrainingJobSpec(_Model):
     """Desired state of a training job."""
 
@@ -193,7 +216,8 @@ class AdamWTrainingJobSpec(_Model):
     )
     trainer: TrainerConfig = Field(
         default_factory=TrainerConfig,
-        description="The trainer's configuration, delivered as the ConfigMap `<job>-config`.",
+        description="The trainer's configuration, delivered as the immutable ConfigMap "
+        "`<job>-config-<hash>` (a new one when it changes).",
     )
     resources: ResourceRequirements = Field(
         default_factory=ResourceRequirements, description="Worker container resources."
@@ -227,6 +251,10 @@ class AdamWTrainingJobSpec(_Model):
         "Running",
         description="Pods deleted when the job finishes: `All`, only still `Running` ones (keeps "
         "finished pods' logs), or `None`.",
+    )
+    network_policy: NetworkPolicySpec = Field(
+        default_factory=NetworkPolicySpec,
+        description="A NetworkPolicy for the workers (off by default).",
     )
 
 

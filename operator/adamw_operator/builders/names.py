@@ -15,8 +15,22 @@ def service_name(job: str) -> str:
     return f"{job}-workers"
 
 
-def config_name(job: str) -> str:
-    return f"{job}-config"
+def config_name(job: str, suffix: str | None = None) -> str:
+    """`<job>-config-<suffix>`: the immutable trainer-config ConfigMap (see `builders.configmap`).
+
+    Without a suffix, `<job>-config`: the name the local runner (`adamw-job run`) still gives
+    its in-memory ConfigMap, and the mutable one operators up to 0.1.0 created.
+    """
+    return f"{job}-config-{suffix}" if suffix else f"{job}-config"
+
+
+def network_policy_name(job: str) -> str:
+    return f"{job}-workers"
+
+
+def worker_selector(job: str) -> dict[str, str]:
+    """The labels that pick a job's worker pods (its Service and NetworkPolicy select by them)."""
+    return {LABEL_JOB: job}
 
 
 def master_addr(job: str, namespace: str) -> str:

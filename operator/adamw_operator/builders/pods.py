@@ -118,9 +118,13 @@ def build_worker_pod(
     restart_count: int,
     measured_save_seconds: float | None = None,
     avoid_nodes: Sequence[str] = (),
+    config_map: str | None = None,
 ) -> dict[str, Any]:
     """The pod of one rank in one attempt (the attempt is a label, not part of the name);
-    `avoid_nodes`: nodes this job's pods failed on repeatedly (status.avoidedNodes)."""
+    `avoid_nodes`: nodes this job's pods failed on repeatedly (status.avoidedNodes);
+    `config_map`: the ConfigMap with the trainer config, on a cluster the `metadata.name` of
+    `build_configmap(...)` (immutable, hash-named); unset, `<job>-config`, the name the local
+    runner gives its in-memory copy."""
     name = worker_name(job, rank)
     meta = child_metadata(job, namespace, uid, name)
     meta["labels"] = {
@@ -180,7 +184,7 @@ def build_worker_pod(
     if resources:
         container["resources"] = resources
     volumes: list[dict[str, Any]] = [
-        {"name": CONFIG_VOLUME, "configMap": {"name": config_name(job)}},
+        {"name": CONFIG_VOLUME, "configMap": {"name": config_map or config_name(job)}},
         {"name": TMP_VOLUME, "emptyDir": {}},
     ]
     ckpt_volume = _checkpoint_volume(spec)
