@@ -20,7 +20,13 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from .config import ConfigError, TrainerConfig, format_validation_error, load_config
+from .config import (
+    CONFIG_SCHEMA_VERSION,
+    ConfigError,
+    TrainerConfig,
+    format_validation_error,
+    load_config,
+)
 from .exit_codes import ExitCode, ExitReason, TerminationMessage, reason_for_exit_code
 
 # env var -> (config group, field)
@@ -65,12 +71,17 @@ def _raw_termination_path(config_path: str, default: str) -> str:
     return path if isinstance(path, str) and path else default
 
 
-def _invalid_config(message: str, termination_path: str) -> int:
-    """Say why the config cannot run where Kubernetes shows it; restarting cannot help."""
+def _invalid_config(message: str, termination_path: str, unknown_fields: list[str] | None = None) -> int:
+    """Say why the config cannot run where Kubernetes shows it; restarting cannot help.
+
+    `unknown_fields`: fields this trainer does not know, with the config schema it reads, so
+    the operator can tell a job written for a newer image (docs/operator.md, Version skew)."""
     TerminationMessage(
         reason=ExitReason.INVALID_CONFIG.value,
         exit_code=int(ExitCode.INVALID_CONFIG),
         message=message,
+        unknown_fields=list(unknown_fields or []),
+        config_schema=CONFIG_SCHEMA_VERSION,
     ).write(termination_path)
     return int(ExitCode.INVALID_CONFIG)
 
@@ -102,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"adamw-train: {err}", file=sys.stderr)
         if termination_path == "/dev/termination-log":
             termination_path = _raw_termination_path(args.config, termination_path)
-        return _invalid_config(str(err), termination_path)
+        return _invalid_config(str(err), termination_path, err.unknown_fields)
 
     # torch is imported only after the config is known to be valid: a bad file fails fast.
     from .data import DataError

@@ -10,6 +10,13 @@ Field names are snake_case in Python and camelCase in YAML/JSON (Kubernetes styl
 
 `load_config(path)` reads YAML or JSON and raises `ConfigError` with one line per
 problem, each naming the field (camelCase path) and how to fix it.
+
+Version skew (docs/operator.md, "Version skew"): `CONFIG_SCHEMA_VERSION` is the config schema
+this trainer reads (the image label `io.adamw.trainer.config-schema` and `/status` carry it);
+every field added after version 1 is listed in `FIELD_SCHEMA_VERSIONS` with the version that
+introduced it, so an operator can tell which fields an older image cannot read. A field
+added later defaults to the behaviour from before it existed, and an existing field's
+default never changes (the operator leaves defaults to the trainer).
 """
 
 from __future__ import annotations
@@ -23,6 +30,24 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+
+CONFIG_SCHEMA_VERSION = 1
+"""The trainer config schema this trainer reads. Adding a field: bump it, and list the field
+in FIELD_SCHEMA_VERSIONS with the new number (tests/trainer/test_config_skew.py checks both)."""
+
+FIELD_SCHEMA_VERSIONS: dict[str, int] = {}
+"""camelCase path of each field added after schema 1 -> the schema version that added it.
+
+A whole new section is listed by its own path (`profiling`); a field in a list of models
+without the index (`optimizer.groups.fooBar`). Fields not listed are in schema 1."""
+
+
+def introduced_in(path: str, registry: dict[str, int] | None = None) -> int:
+    """The config schema that added the field at `path` (`training.fooBar`, `a.b[0].c`), or
+    the section above it, whichever is newest; 1 for fields every trainer reads."""
+    registry = FIELD_SCHEMA_VERSIONS if registry is None else registry
+    parts = re.sub(r"\[\d+\]", "", path).split(".")
+    return max([1, *(registry.get(".".join(parts[:n]), 1) for n in range(1, len(parts) + 1))])
 
 
 class CamelModel(BaseModel):
@@ -698,9 +723,12 @@ class TrainerConfig(CamelModel):
 class ConfigError(ValueError):
     """Invalid configuration. `str()` is one line per problem, naming field and fix."""
 
-    def __init__(self, problems: list[str], source: str = "config"):
+    def __init__(self, problems: list[str], source: str = "config", unknown_fields: list[str] | None = None):
         self.problems = problems
         self.source = source
+        # Fields this trainer does not know (camelCase paths): a typo, or a field of a newer
+        # config schema than CONFIG_SCHEMA_VERSION (the termination message carries them).
+        self.unknown_fields = list(unknown_fields or [])
         super().__init__(f"invalid {source}:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
@@ -741,7 +769,15 @@ def parse_config(data: Any, source: str = "config", prefix: str = "") -> Trainer
     try:
         return TrainerConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, prefix), source) from None
+        problems = format_validation_error(err, prefix)
+        unknown = [_field_path(tuple(x for x in e["loc"] if x != "function-after"), "")
+                   for e in err.errors(include_url=False) if e["type"] == "extra_forbidden"]
+        if unknown:
+            problems.append(
+                f"this trainer reads config schema {CONFIG_SCHEMA_VERSION}: a field from a newer "
+                "schema needs a newer trainer image"
+            )
+        raise ConfigError(problems, source, unknown_fields=unknown) from None
 
 
 def load_config(path: str | Path) -> TrainerConfig:

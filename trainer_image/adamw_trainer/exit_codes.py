@@ -86,6 +86,9 @@ def success_reason(exit_code: int | None, message: TerminationMessage | None) ->
     return ExitReason(told) if told in EARLY_SUCCESS_REASONS else ExitReason.SUCCEEDED
 
 
+MAX_UNKNOWN_FIELDS = 20  # named in a termination message; the 4 KiB must hold them
+
+
 @dataclass
 class TerminationMessage:
     """What the trainer says about why it stopped (Kubernetes keeps up to 4 KiB of it)."""
@@ -103,11 +106,17 @@ class TerminationMessage:
     # The last logged training loss (the mean of the last log interval), so the job status
     # pairs the final step with its loss rather than with the last poll's.
     loss: float | None = None
+    # Version skew (InvalidConfig): the config fields this trainer did not know, and the config
+    # schema it reads, so the operator can name the field and the image. Absent from older
+    # trainers' messages; older operators ignore them.
+    unknown_fields: list[str] = field(default_factory=list)
+    config_schema: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         data = asdict(self)
         data = {_camel(k): v for k, v in data.items()}
+        data["unknownFields"] = [f[:200] for f in self.unknown_fields[:MAX_UNKNOWN_FIELDS]]
         text = json.dumps(data, separators=(",", ":"))
         if len(text) > 4000:  # the kubelet truncates at 4096 bytes; keep the JSON valid
             data["message"] = self.message[: max(0, 4000 - len(text) + len(self.message) - 3)] + "..."
@@ -128,6 +137,8 @@ class TerminationMessage:
             best_validation_loss=_float_or_none(data.get("bestValidationLoss")),
             best_checkpoint_step=_int_or_none(data.get("bestCheckpointStep")),
             loss=_float_or_none(data.get("loss")),
+            unknown_fields=[f for f in data.get("unknownFields") or [] if isinstance(f, str)],
+            config_schema=_int_or_none(data.get("configSchema")),
             extra=data.get("extra", {}) or {},
         )
 

@@ -25,6 +25,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from .config import CONFIG_SCHEMA_VERSION
+
 # `_created` series double every counter and histogram and nothing here reads them.
 prometheus_client.disable_created_metrics()
 
@@ -125,7 +127,8 @@ class Status:
 
     def __init__(self, **initial: Any):
         self._lock = threading.Lock()
-        self._data: dict[str, Any] = dict(initial)
+        # configSchema: the trainer config schema this image reads (docs/operator.md, Version skew).
+        self._data: dict[str, Any] = {"configSchema": CONFIG_SCHEMA_VERSION, **initial}
 
     def update(self, **fields: Any) -> None:
         with self._lock:
