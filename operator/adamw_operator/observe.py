@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from adamw_trainer.exit_codes import ExitCode, TerminationMessage
 
 from .api.constants import CONTAINER_NAME, LABEL_ATTEMPT, LABEL_RANK
+from .skew import failure_message
 
 # Pod-level reasons and conditions that mean "the node or the scheduler took it away",
 # not "the training code failed": these restarts use the preemption budget.
@@ -122,6 +123,11 @@ def observe_pod(pod: dict[str, Any]) -> WorkerObservation:
     for container in (pod.get("spec") or {}).get("containers") or []:
         if container.get("name") != CONTAINER_NAME:
             continue
+        if termination is not None and termination.unknown_fields:
+            # The image is older than a field the job sets (or was built apart from this
+            # operator): say which field, which image and which schema, not "unknown field".
+            termination = replace(termination, message=failure_message(
+                termination.unknown_fields, container.get("image"), termination.config_schema))
         for env in container.get("env") or []:
             if env.get("name") in ("WORLD_SIZE", "NNODES") and str(env.get("value", "")).isdigit():
                 world_size = int(env["value"])

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Mapping
 
+from ..skew import schema_problems
 from .constants import CONFIG_MOUNT_DIR, RESERVED_ENV, WORKING_DIR
 from .spec import AdamWTrainingJobSpec
 
@@ -19,9 +21,12 @@ def checkpoint_mount_path(spec: AdamWTrainingJobSpec) -> str:
     return posixpath.normpath(posixpath.join(WORKING_DIR, spec.trainer.checkpoint.dir))
 
 
-def runtime_problems(spec: AdamWTrainingJobSpec) -> list[str]:
-    """Everything that would make the pods unrunnable, one `spec.field: problem; fix` line each."""
-    problems: list[str] = []
+def runtime_problems(spec: AdamWTrainingJobSpec, annotations: Mapping[str, str] | None = None) -> list[str]:
+    """Everything that would make the pods unrunnable, one `spec.field: problem; fix` line each.
+
+    `annotations`: the job's; `training.adamw.io/trainer-config-schema` there names the config
+    schema its image reads, and a set field newer than that is a problem (skew.schema_problems)."""
+    problems: list[str] = schema_problems(spec.trainer, spec.image, annotations)
     if not spec.image:
         problems.append(
             "spec.image: not set, and this operator has no default trainer image; set spec.image, "
