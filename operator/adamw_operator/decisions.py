@@ -27,6 +27,7 @@ from typing import Any
 
 from adamw_trainer.exit_codes import EARLY_SUCCESS_REASONS, ExitCode, ExitReason, success_reason
 
+from .accounting import BUDGET_WARNING_SHARE, account, budget_left, seconds_until_spent, settle
 from .api.checks import runtime_problems
 from .api.enums import DISRUPTIONS, ConditionType, FailureKind, Phase
 from .api.spec import AdamWTrainingJobSpec
@@ -226,6 +227,8 @@ def decide(
     if spec is None or spec_problems:
         return _invalid_spec(plan, list(spec_problems) or ["spec: missing"], now, generation)
     st["maxSteps"] = spec.trainer.training.max_steps
+    st["usage"] = account(st.get("usage"), spec, workers, now)  # stale pods hold nodes too
+    _reopen_if_budget_raised(plan, spec, now, generation)
     attempt = st["attempt"]
     current = [w for w in workers if w.attempt == attempt]
     stale = [w for w in workers if w.attempt != attempt]
@@ -276,6 +279,14 @@ def decide(
             )
         plan.requeue((due - now).total_seconds())
 
+    spent = _budget(plan, spec, now)
+    if spent is not None:
+        _fail(plan, spec, current + stale, now, generation, "BudgetExceeded", spent)
+        # Whatever cleanPodPolicy says, nothing may keep spending: SIGTERM, they save and exit.
+        plan.delete_pods += [w.name for w in current if not w.deleting and not w.finished
+                             and w.name not in plan.delete_pods]
+        return plan
+
     if any(w.world_size not in (None, spec.replicas) or w.rank >= spec.replicas for w in current):
         return _resize(plan, spec, current, now, generation)
 
@@ -317,6 +328,7 @@ def decide(
         reason = _success(st, spec, current, now)
         st["phase"] = Phase.SUCCEEDED
         st["completionTime"] = rfc3339(now)
+        settle(st["usage"], now)
         st.pop("restartAfterTime", None)
         set_condition(st, ConditionType.SUCCEEDED, True, reason.value, st["message"], now, generation)
         set_condition(st, ConditionType.RUNNING, False, reason.value, "", now, generation)
@@ -375,6 +387,43 @@ def decide(
             st["message"] = refused["message"]  # what holds the job up
         set_condition(st, ConditionType.RUNNING, False, "WorkersPending", st["message"], now, generation)
     return plan
+
+
+def _budget(plan: Plan, spec: AdamWTrainingJobSpec, now: datetime) -> str | None:
+    """Why the job must stop for its budget (None: it may go on); the 80% warning, once."""
+    usage = plan.status["usage"]
+    for what, spent, limit in budget_left(spec, usage, now):
+        if spent >= limit:
+            ckpt = _checkpoint_step(plan.status, [])
+            at = f"checkpoint step {ckpt}" if ckpt >= 0 else "the start (no checkpoint yet)"
+            return (f"{spent:.3f} of {limit:g} {what} spent: the workers saved and stopped; raise the "
+                    f"budget to resume from {at}")
+        if spent >= BUDGET_WARNING_SHARE * limit and not usage.get("budgetWarned"):
+            usage["budgetWarned"] = True
+            plan.events.append(Event("Warning", "BudgetWarning",
+                                     f"{spent:.3f} of {limit:g} {what} spent ({spent / limit:.0%})"))
+    for share in (1.0,) if usage.get("budgetWarned") else (BUDGET_WARNING_SHARE, 1.0):
+        left = seconds_until_spent(spec, usage, now, share)
+        if left is not None:
+            plan.requeue(left)
+    return None
+
+
+def _reopen_if_budget_raised(plan: Plan, spec: AdamWTrainingJobSpec, now: datetime,
+                             generation: int | None) -> None:
+    """A job stopped for its budget runs again, from its checkpoint, once the budget is raised."""
+    st = plan.status
+    failed = get_condition(st, ConditionType.FAILED) or {}
+    if st.get("phase") != Phase.FAILED or failed.get("reason") != "BudgetExceeded":
+        return
+    if any(spent >= limit for _, spent, limit in budget_left(spec, st["usage"], now)):
+        return
+    st["phase"] = Phase.PENDING
+    st["attempt"] += 1  # the stopped workers' exits (143) belong to the old attempt
+    st.pop("completionTime", None)
+    st["usage"]["budgetWarned"] = None
+    set_condition(st, ConditionType.FAILED, False, "BudgetRaised", "", now, generation)
+    plan.events.append(Event("Normal", "BudgetRaised", "budget raised: resuming from the last checkpoint"))
 
 
 def _suspect_node(plan: Plan, failure: Failure) -> None:
@@ -500,6 +549,8 @@ def _fail(
     st = plan.status
     st["phase"] = Phase.FAILED
     st["completionTime"] = rfc3339(now)
+    if "usage" in st:
+        settle(st["usage"], now)
     st["message"] = message
     st.pop("restartAfterTime", None)
     set_condition(st, ConditionType.FAILED, True, reason, message, now, generation)

@@ -194,6 +194,20 @@ class NetworkPolicySpec(_Model):
     )
 
 
+class Budget(_Model):
+    """Resource budgets: when one is spent, the workers save (SIGTERM) and the job fails with
+    reason BudgetExceeded; raising it resumes the job from its last checkpoint."""
+
+    max_gpu_hours: float | None = Field(
+        None, gt=0, alias="maxGPUHours",
+        description="GPU-hours the job's pods may hold (GPUs x time scheduled, restarts included).",
+    )
+    max_cpu_core_hours: float | None = Field(
+        None, gt=0, alias="maxCPUCoreHours",
+        description="CPU-core-hours (the worker's cpu request, else its limit, else 1 core) for CPU jobs.",
+    )
+
+
 class AdamWTrainingJobSpec(_Model):
     """Desired state of a training job."""
 
@@ -230,6 +244,7 @@ class AdamWTrainingJobSpec(_Model):
     restart_policy: RestartPolicy = Field(
         default_factory=RestartPolicy, description="Gang restart policy."
     )
+    budget: Budget = Field(default_factory=Budget, description="GPU-hour and CPU-core-hour budgets.")
     suspend: bool = Field(
         False,
         description="True deletes the workers and keeps the status (Kueue-compatible); false "
@@ -292,6 +307,15 @@ class LastFailure(_Model):
     exit_code: int | None = Field(None, description="Its container exit code.")
     message: str = Field("", description="Its termination message or pod reason.")
     time: str = Field(..., description="When the operator observed it (RFC 3339).")
+
+
+class Usage(_Model):
+    gpu_seconds: float = Field(0.0, alias="gpuSeconds", description="GPU-seconds held (restarts included).")
+    cpu_core_seconds: float = Field(0.0, description="CPU-core-seconds held.")
+    held_gpus: float = Field(0.0, alias="heldGPUs", description="GPUs held at the last reconcile.")
+    held_cpu_cores: float = Field(0.0, alias="heldCPUCores", description="CPU cores held at the last reconcile.")
+    accounted_time: str | None = Field(None, description="When usage was last charged (RFC 3339).")
+    budget_warned: bool | None = Field(None, description="The 80% budget warning was given.")
 
 
 class AdamWTrainingJobStatus(_Model):
@@ -360,6 +384,7 @@ class AdamWTrainingJobStatus(_Model):
         None, description="When the step last advanced (or the attempt started running)."
     )
     last_failure: LastFailure | None = Field(None, description="The failure behind the last restart.")
+    usage: Usage | None = Field(None, description="Resources the job's pods held so far (budgets, cost).")
     node_failures: dict[str, int] | None = Field(
         None, description="Crashes and hangs of this job's workers per node (node avoidance)."
     )
