@@ -162,14 +162,14 @@ def test_a_changed_trainer_config_is_a_new_immutable_configmap(operator: Cluster
         assert "immutable" in refused.value.stderr
         # Spec changes apply from the next attempt: change the config, suspend, resume.
         operator.kubectl("patch", "awj", "cfg", "-n", ns, "--type=merge", "-p",
-                         '{"spec":{"suspend":true,"trainer":{"training":{"logIntervalSteps":10}}}}')
+                         '{"spec":{"suspend":true,"trainer":{"training":{"logIntervalSteps":7}}}}')
         wait_phase(operator, ns, "cfg", "Suspended", timeout=60)
         operator.wait_for("no workers", lambda: workers(operator, ns, "cfg") == [], timeout=60)
         operator.kubectl("patch", "awj", "cfg", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":false}}')
         (resumed,) = operator.wait_for("the resumed worker", lambda: _live(workers(operator, ns, "cfg")), timeout=60)
         second = _config_volume(resumed)
         assert second != first and second.startswith("cfg-config-")
-        assert "logIntervalSteps: 10" in operator.get("configmap", second, ns)["data"]["config.yaml"]
+        assert "logIntervalSteps: 7" in operator.get("configmap", second, ns)["data"]["config.yaml"]
         # The old one is left to the garbage collector (with the job): the operator may not delete.
         assert operator.get("configmap", first, ns)["data"] == cm["data"]
         # networkPolicy is off by default: no NetworkPolicy for this job.
