@@ -217,7 +217,7 @@ class Controller:
             workers = [observe_pod(p) for p in pods if _owned_by(p, uid)]
             self._remember_rank0(key, spec, workers, status.get("attempt", 0))
         observed = dict(spec=spec, workers=workers, generation=generation, spec_problems=problems,
-                        vanished=list(self._vanished.get(key, {}).values()))
+                        vanished=list(self._vanished.get(key, {}).values()), annotations=meta.get("annotations"))
         plan = decide(status=status, now=now, **observed)
         version = await self._apply(body, status, spec, plan)
         if spec is not None and plan.create_ranks:

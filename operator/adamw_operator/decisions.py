@@ -20,7 +20,7 @@ Restarts that do not advance the last checkpoint step, several in a row, fail as
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -209,6 +209,7 @@ def decide(
     vanished: Sequence[WorkerObservation] = (),
     spec_problems: Sequence[str] = (),
     rejected: str | None = None,
+    annotations: Mapping[str, str] | None = None,
 ) -> Plan:
     """The next step for one job.
 
@@ -217,7 +218,8 @@ def decide(
     then), so a preemption is not mistaken for a lost pod; `spec_problems`, why the spec did
     not parse (`spec` is None then: a spec the schema let through, from an old CRD); and
     `rejected`, the API server's message when it just refused a worker pod of this Plan's
-    attempt (nothing is created in answer; the next reconcile tries again).
+    attempt (nothing is created in answer; the next reconcile tries again); `annotations`,
+    the job's (the trainer config schema its image reads, for the version-skew check).
     """
     st = copy.deepcopy(status or {})
     for key in ("attempt", "restarts", "preemptions", "restartsWithoutProgress"):
@@ -240,7 +242,7 @@ def decide(
         _ttl(plan, spec, st, now)
         return plan
 
-    problems = runtime_problems(spec)
+    problems = runtime_problems(spec, annotations)
     if problems:
         return _invalid_spec(plan, problems, now, generation)
     invalid = get_condition(st, ConditionType.INVALID_SPEC)

@@ -169,3 +169,20 @@ def test_a_value_that_switches_a_section_on_is_rendered_even_when_empty():
     rendered = yaml.safe_load(render_trainer_config(spec))
     assert rendered["finetune"] == {"lora": {}}
     assert parse_config(rendered) == spec.trainer
+
+
+def test_decide_refuses_the_job_before_any_pod_when_its_image_is_too_old(newer_operator):
+    """The job's annotations reach `decide`: InvalidSpec, an Event, and nothing created."""
+    from datetime import UTC, datetime
+
+    from adamw_operator.decisions import decide
+    from adamw_operator.status import get_condition
+
+    plan = decide(spec=newer_spec(fooBar=4), status=None, workers=[], now=datetime.now(UTC),
+                  annotations={ANNOTATION_CONFIG_SCHEMA: str(CONFIG_SCHEMA_VERSION)})
+    cond = get_condition(plan.status, "InvalidSpec")
+    assert cond["status"] == "True" and "training.fooBar needs trainer config schema" in cond["message"]
+    assert plan.create_ranks == [] and [e.reason for e in plan.events] == ["InvalidSpec"]
+    ok = decide(spec=newer_spec(fooBar=4), status=None, workers=[], now=datetime.now(UTC),
+                annotations={ANNOTATION_CONFIG_SCHEMA: str(NEWER)})
+    assert ok.create_ranks == [0]

@@ -42,7 +42,7 @@ def validate_manifest(manifest: Any, source: str) -> tuple[dict[str, Any], AdamW
     metadata, spec = parse_job(manifest, source)
     # Local workers are processes of this machine's .venv: the image is never pulled.
     spec = with_default_image(spec, "local")
-    problems = runtime_problems(spec)
+    problems = runtime_problems(spec, metadata.get("annotations"))
     if problems:
         raise ConfigError(problems, source)
     return metadata, spec
