@@ -105,7 +105,8 @@ def backoff_seconds(spec: AdamWTrainingJobSpec, restarts: int) -> float:
 
 def classify(workers: list[WorkerObservation], max_steps: int) -> Failure | None:
     """The failure that explains this attempt, most decisive first; None when none."""
-    failed = sorted((w for w in workers if w.failed), key=lambda w: w.rank)
+    # The rank that failed first explains the others: a peer's broken collective is an echo.
+    failed = sorted((w for w in workers if w.failed), key=lambda w: (w.peer_loss, w.rank))
     by_code = {w.contract_code: w for w in reversed(failed)}
     for code, kind in ((ExitCode.INVALID_CONFIG, FailureKind.INVALID_CONFIG), (ExitCode.DIVERGED, FailureKind.DIVERGED)):
         if code in by_code and not by_code[code].disrupted:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -16,6 +17,12 @@ from .skew import failure_message
 # Disruptions that mean the pod's node is gone (the taint manager on an out-of-service or
 # unreachable node, PodGC on a deleted or lost one): no kubelet will report an exit code.
 NODE_LOSS_REASONS = frozenset({"NodeLost", "DeletionByTaintManager", "DeletionByPodGC"})
+# How a rank's crash reads when it is the echo of a peer's death: its collective (gloo, NCCL,
+# the c10d store) lost the connection. Such a rank is blamed only when no other one failed.
+PEER_LOSS = re.compile(
+    r"Connection (reset|closed) by peer|Broken pipe|DistNetworkError|DistBackendError|"
+    r"gloo/transport|NCCL (error|communicator)|ProcessGroupNCCL|ProcessGroupGloo|TCPStore|"
+    r"ncclRemoteError|ncclSystemError", re.IGNORECASE)
 PREEMPTION_REASONS = frozenset(
     {"Evicted", "Preempted", "Preempting", "NodeLost", "NodeShutdown", "Terminated", "Shutdown",
      "DeletionByTaintManager", "TerminationByKubelet", "PreemptionByScheduler",
@@ -68,6 +75,12 @@ class WorkerObservation:
     @property
     def preempted(self) -> bool:
         return self.disrupted or self.contract_code == ExitCode.PREEMPTED
+
+    @property
+    def peer_loss(self) -> bool:
+        """Its crash says a peer went away (the collective broke), not what went wrong."""
+        text = self.termination.message if self.termination else self.message
+        return bool(text and PEER_LOSS.search(text))
 
     @property
     def lost_with_node(self) -> bool:

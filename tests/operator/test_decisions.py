@@ -511,3 +511,17 @@ def test_a_node_that_fails_the_job_twice_is_avoided_and_given_back_when_nothing_
                         workers=[replace(worker(0, attempt=3, phase="Pending"), node="node-2"), stuck])
     assert given_back.status["avoidedNodes"] == [] and given_back.delete_pods == ["demo-worker-1"]
     assert "NodeAvoidanceCleared" in [e.reason for e in given_back.events]
+
+
+def test_the_killed_rank_is_blamed_not_the_peer_whose_collective_broke() -> None:
+    """A clean-clone run read lastFailure.rank 0: the operator saw both ranks failed, rank 0
+    with gloo's 'Connection reset by peer' after rank 1 was SIGKILLed."""
+    echo = "RuntimeError: [../third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error " \
+           "[127.0.0.1]:43428: Connection reset by peer"
+    workers = [worker(0, exit_code=1, step=39, good=20, message=echo), worker(1, exit_code=137)]
+    st = decide(spec=spec_of(), status=running_status(), workers=workers, now=NOW).status
+    assert st["lastFailure"]["rank"] == 1 and st["lastFailure"]["exitCode"] == 137
+    # a peer-loss crash alone is still the failure
+    alone = decide(spec=spec_of(), status=running_status(),
+                   workers=[worker(0, exit_code=1, step=39, message=echo), worker(1)], now=NOW).status
+    assert alone["lastFailure"]["rank"] == 0 and alone["lastFailure"]["reason"] == "Crashed"
