@@ -30,10 +30,8 @@ from typing import Any, Protocol
 import aiohttp
 
 from ..api.checks import CHECKPOINT_VOLUME
-from ..api.constants import CONFIG_KEY
 from ..api.spec import AdamWTrainingJobSpec
-from ..builders.configmap import render_trainer_config
-from ..builders.names import config_name
+from ..builders.configmap import build_configmap
 from ..builders.pods import build_worker_pod
 from ..decisions import Event, decide
 from ..observe import observe_pod
@@ -179,11 +177,13 @@ class LocalJob:
         st = self.status
         attempt = st["attempt"]
         port = self._port_for(attempt)
-        config = {config_name(self.name): {CONFIG_KEY: render_trainer_config(self.spec)}}
+        built = build_configmap(self.name, self.namespace, self.uid, self.spec)  # as on a cluster
+        config = {built["metadata"]["name"]: built["data"]}
         pods = {
             rank: self._localize(build_worker_pod(
                 self.name, self.namespace, self.uid, self.spec, rank, attempt,
-                st.get("restarts", 0) + st.get("preemptions", 0), st.get("checkpointSaveSeconds")), port)
+                st.get("restarts", 0) + st.get("preemptions", 0), st.get("checkpointSaveSeconds"),
+                config_map=built["metadata"]["name"]), port)
             for rank in range(self.spec.replicas)  # every rank's pod, for the DNS names
         }
         hosts = {dns: self.ip_of(rank) for rank, pod in pods.items() for dns in dns_names(pod)}
