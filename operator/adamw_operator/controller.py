@@ -244,6 +244,7 @@ class Controller:
         version = version or meta.get("resourceVersion")
         if patch:
             version = await self._write_status(namespace, name, patch, version)
+        self.metrics.charge(namespace, name, old, st)
         if plan.restart is not None:
             self.metrics.restarts.labels(namespace=namespace, job_name=name, reason=plan.restart.reason).inc()
             self._failure_seen[key] = (time.monotonic(), plan.restart.delay)

@@ -5,6 +5,9 @@
     adamw_operator_job_failures_total{namespace,job_name,reason}  jobs that failed, by reason
     adamw_operator_jobs_finished_total{namespace,outcome,reason}  jobs that became terminal, once
                                                                each (the job-success SLI)
+    adamw_operator_gpu_seconds_total{namespace,job_name}       GPU-seconds the job's pods held
+    adamw_operator_cpu_seconds_total{namespace,job_name}       CPU-core-seconds they held
+                                                               (both from status.usage)
 
 `job_name` names the job (one series per job that restarted or failed, as kube-state-metrics
 does for Jobs), so alerts can say which job; `job_name` matches the PodMonitor's label.
@@ -80,8 +83,24 @@ class OperatorMetrics:
             "Jobs that reached a terminal phase, by outcome (Succeeded, TargetReached, EarlyStopped, "
             "Failed; BudgetExceeded reserved) and the terminal condition's reason.",
             ["namespace", "outcome", "reason"], registry=r)
+        self.gpu_seconds = Counter(
+            "adamw_operator_gpu_seconds_total",
+            "GPU-seconds the job's worker pods held (GPUs x time bound to a node), from status.usage.",
+            ["namespace", "job_name"], registry=r)
+        self.cpu_seconds = Counter(
+            "adamw_operator_cpu_seconds_total",
+            "CPU-core-seconds the job's worker pods held (their cpu request), from status.usage.",
+            ["namespace", "job_name"], registry=r)
         self._phases: dict[tuple[str, str], str] = {}
         self._namespaces: set[str] = set()
+
+    def charge(self, namespace: str, name: str, old: dict[str, Any], new: dict[str, Any]) -> None:
+        """Add what a status write newly charged to `status.usage` (never negative: a counter)."""
+        before, after = old.get("usage") or {}, new.get("usage") or {}
+        for counter, key in ((self.gpu_seconds, "gpuSeconds"), (self.cpu_seconds, "cpuCoreSeconds")):
+            added = (after.get(key) or 0.0) - (before.get(key) or 0.0)
+            if added > 0:
+                counter.labels(namespace=namespace, job_name=name).inc(added)
 
     def job_finished(self, namespace: str, outcome: str, reason: str) -> None:
         """Count one job that has just become terminal (see `finished_outcome`)."""

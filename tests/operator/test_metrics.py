@@ -83,3 +83,18 @@ def test_known_outcomes_are_exported_as_zero_once_a_namespace_is_seen():
     metrics.job_finished("team-b", "Failed", "Diverged")
     assert finished(metrics, "team-b", "Failed", "Diverged") == 1
     assert finished(metrics, "team-b", "Failed", "NoProgress") == 0
+
+
+def test_gpu_and_cpu_seconds_count_what_each_status_write_newly_charged():
+    m = OperatorMetrics()
+
+    def gpu():
+        return m.registry.get_sample_value("adamw_operator_gpu_seconds_total",
+                                           {"namespace": "ns", "job_name": "j"}) or 0.0
+
+    m.charge("ns", "j", {}, {"usage": {"gpuSeconds": 0.0, "cpuCoreSeconds": 0.0}})
+    m.charge("ns", "j", {"usage": {"gpuSeconds": 0.0}}, {"usage": {"gpuSeconds": 360.0, "cpuCoreSeconds": 90.0}})
+    m.charge("ns", "j", {"usage": {"gpuSeconds": 360.0}}, {"usage": {"gpuSeconds": 360.0}})  # nothing new
+    m.charge("ns", "j", {"usage": {"gpuSeconds": 360.0}}, {"usage": {"gpuSeconds": 480.0}})
+    assert gpu() == 480.0
+    assert m.registry.get_sample_value("adamw_operator_cpu_seconds_total", {"namespace": "ns", "job_name": "j"}) == 90.0
